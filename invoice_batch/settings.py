@@ -1,0 +1,238 @@
+"""One frozen settings object per process, read from the environment at the entry point.
+
+Every setting is an environment variable with the same name in upper case
+(``BATCH_MAX_REQUESTS``); a config file may set the same keys. Any other
+``KAFKA_*`` variable is passed to librdkafka: ``KAFKA_SECURITY_PROTOCOL`` becomes
+``security.protocol``. Secrets are ``SecretStr`` so they never print.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from datetime import time
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Hard limits of the Message Batches API (BATCH_API_FACTS.md): a batch larger than
+# these is rejected whole, so the settings may only go below them.
+API_MAX_REQUESTS = 100_000
+API_MAX_BYTES = 256 * 1024 * 1024
+
+# librdkafka settings that carry secrets; their values are masked wherever printed.
+SECRET_KAFKA_KEYS = frozenset({"sasl.password", "ssl.key.password", "ssl.keystore.password"})
+
+DEFAULT_DATABASE_URL = "sqlite:///var/invoice-batch.db"
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message is one line naming the setting."""
+
+
+def _parse_thresholds(raw: str) -> dict[str, Decimal]:
+    thresholds: dict[str, Decimal] = {}
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        code, sep, value = part.partition("=")
+        code = code.strip().upper()
+        if not sep or not re.fullmatch(r"[A-Z]{3}", code):
+            raise ValueError(f"expected CUR=AMOUNT pairs like INR=200000, got {part!r}")
+        try:
+            amount = Decimal(value.strip())
+        except InvalidOperation:
+            raise ValueError(f"{code} threshold {value.strip()!r} is not a number") from None
+        if not amount.is_finite() or amount < 0:
+            raise ValueError(f"{code} threshold must be a non-negative number")
+        thresholds[code] = amount
+    return thresholds
+
+
+class Settings(BaseSettings):
+    """Every knob of both services. Immutable once built."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, *args, **kwargs):  # type: ignore[no-untyped-def,override]
+        # load_settings() reads the environment (and a config file) itself, so that
+        # tests can pass their own mapping; the object sees only what it is given.
+        return (init_settings,)
+
+    # Kafka
+    kafka_bootstrap_servers: str = "localhost:9092"
+    input_topic: str = "invoices"
+    output_topic: str = "invoices.classified"
+    dlq_topic: str = "invoices.dlq"
+    consumer_group: str = "invoice-batch"
+    input_format: Literal["avro", "json"] = "avro"
+    output_format: Literal["avro", "json"] = "avro"
+    schema_registry_url: str | None = None
+    # librdkafka's group session timeout; Tansu's first join waits about half of it.
+    kafka_session_timeout_ms: int = Field(default=45_000, ge=1_000)
+
+    # Store
+    database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
+
+    # Claude
+    anthropic_api_key: SecretStr | None = None
+    anthropic_base_url: str | None = None
+    claude_model: str = "claude-haiku-4-5"
+    claude_max_tokens: int = Field(default=1024, ge=64, le=64_000)
+
+    # Flush policy
+    batch_max_requests: int = Field(default=10_000, ge=1, le=API_MAX_REQUESTS)
+    batch_max_bytes: int = Field(default=200_000_000, ge=10_000, le=API_MAX_BYTES)
+    batch_max_wait_seconds: float = Field(default=3600, gt=0)
+    batch_cutoff: time | None = None
+    batch_timezone: str = "UTC"
+    # How often the consumer asks the flush policy; a cut-off is honoured within this.
+    flush_check_seconds: float = Field(default=1.0, gt=0)
+
+    # Approval policy
+    approval_thresholds: Annotated[dict[str, Decimal], NoDecode] = Field(
+        default_factory=lambda: _parse_thresholds("INR=200000,USD=2500,EUR=2500,GBP=2000")
+    )
+
+    # Collector
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    poll_min_seconds: float = Field(default=5.0, gt=0)
+    poll_max_seconds: float = Field(default=300.0, gt=0)
+    lease_seconds: float = Field(default=120.0, gt=0)
+
+    # Input validation
+    max_text_bytes: int = Field(default=32_768, ge=256)
+
+    # Operations
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    shutdown_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    # librdkafka pass-through, filled from KAFKA_* by load_settings (not an env var itself).
+    kafka_options: dict[str, str] = Field(default_factory=dict, repr=False)
+
+    @field_validator("approval_thresholds", mode="before")
+    @classmethod
+    def _thresholds(cls, value: object) -> object:
+        if isinstance(value, str):
+            return _parse_thresholds(value)
+        return value
+
+    @field_validator("batch_cutoff", mode="before")
+    @classmethod
+    def _cutoff(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value.strip()):
+                raise ValueError(f"expected HH:MM (24 h), got {value!r}")
+        return value
+
+    @field_validator("batch_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.batch_timezone)
+
+    def sqlalchemy_url(self) -> str:
+        return self.database_url.get_secret_value()
+
+    def librdkafka(self) -> dict[str, str | int]:
+        """Common librdkafka configuration: bootstrap servers plus every KAFKA_* option."""
+        config: dict[str, str | int] = {"bootstrap.servers": self.kafka_bootstrap_servers}
+        config.update(self.kafka_options)
+        return config
+
+    def metrics_port_for(self, service: Literal["consumer", "collector"]) -> int:
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return 9101 if service == "consumer" else 9102
+
+
+# Variables starting with KAFKA_ that are our own settings, not librdkafka options.
+_OWN_KAFKA_VARIABLES = frozenset({"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_SESSION_TIMEOUT_MS"})
+
+
+def kafka_options_from(environ: Mapping[str, str]) -> dict[str, str]:
+    """``KAFKA_SASL_MECHANISM=PLAIN`` → ``{"sasl.mechanism": "PLAIN"}``."""
+    options = {}
+    for name, value in environ.items():
+        upper = name.upper()
+        if upper.startswith("KAFKA_") and upper not in _OWN_KAFKA_VARIABLES:
+            options[upper.removeprefix("KAFKA_").lower().replace("_", ".")] = value
+    return options
+
+
+def masked(settings: Settings) -> dict[str, str]:
+    """The effective settings as strings, secrets replaced by ``**********``."""
+    shown: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if name == "kafka_options":
+            for key, option in sorted(value.items()):
+                env_name = "KAFKA_" + key.upper().replace(".", "_")
+                shown[env_name] = "**********" if key in SECRET_KAFKA_KEYS else option
+            continue
+        if isinstance(value, SecretStr):
+            text = "**********"
+        elif value is None:
+            text = ""
+        elif isinstance(value, dict):
+            text = ",".join(f"{k}={v}" for k, v in value.items())
+        else:
+            text = str(value)
+        shown[name.upper()] = text
+    # DATABASE_URL is secret only in its password part: show the rest.
+    shown["DATABASE_URL"] = redact_url(settings.sqlalchemy_url())
+    return shown
+
+
+def redact_url(url: str) -> str:
+    """``postgresql://user:secret@host/db`` → ``postgresql://user:***@host/db``."""
+    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, **overrides: object
+) -> Settings:
+    """Build the settings from ``environ`` (default: the process environment).
+
+    Raises ConfigError with one line naming the first bad setting.
+    """
+    env = dict(os.environ if environ is None else environ)
+    values: dict[str, object] = {}
+    for name in Settings.model_fields:
+        if name == "kafka_options":
+            continue
+        raw = env.get(name.upper())
+        if raw is not None and raw != "":
+            values[name] = raw
+    values["kafka_options"] = kafka_options_from(env)
+    values.update(overrides)
+    try:
+        return Settings(**values)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{field.upper()}: {message}") from None
+
+
+def ensure_sqlite_dir(url: str) -> None:
+    """Create the folder of a SQLite file URL so the default ``./var/`` works out of the box."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
