@@ -600,12 +600,13 @@ def test_prometheus_and_grafana_mount_their_configuration_where_the_images_read_
 
 def test_prometheus_scrapes_our_services_by_compose_name_and_metrics_port() -> None:
     config = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text(encoding="utf-8"))
-    targets = {
-        target
-        for job in config["scrape_configs"]
-        for static in job.get("static_configs", [])
-        for target in static["targets"]
-    }
+    targets = set()
+    for job in config["scrape_configs"]:
+        for static in job.get("static_configs", []):
+            targets.update(static["targets"])
+        # DNS discovery finds every replica behind a compose service name.
+        for dns in job.get("dns_sd_configs", []):
+            targets.update(f"{name}:{dns['port']}" for name in dns["names"])
     assert {f"{name}:{port}" for name, port in METRICS_PORTS.items()} <= targets
 
 
@@ -617,3 +618,41 @@ def test_prometheus_rule_files_resolve_inside_the_container_to_files_in_the_repo
         host = host_path_of(prometheus, in_container)
         assert host is not None, f"{in_container} is not mounted into the prometheus container"
         assert list(host.parent.glob(host.name)), f"{rule_file} matches no file in {host.parent}"
+
+
+def grafana_provisioning(kind: str) -> list[dict[str, Any]]:
+    folder = REPO / "deploy/grafana/provisioning" / kind
+    documents = []
+    for path in sorted(folder.glob("*.y*ml")):
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        assert isinstance(document, dict), f"{path} is not a provisioning document"
+        documents.append(document)
+    return documents
+
+
+def test_grafana_reads_prometheus_at_its_compose_address() -> None:
+    sources = [
+        source
+        for document in grafana_provisioning("datasources")
+        for source in document.get("datasources", [])
+        if source.get("type") == "prometheus"
+    ]
+    assert sources, "no Prometheus data source is provisioned"
+    prometheus_port = services()["prometheus"]["ports"][0].rsplit(":", 1)[1]
+    for source in sources:
+        url = urlsplit(source["url"])
+        assert (url.hostname, str(url.port)) == ("prometheus", prometheus_port)
+
+
+def test_grafana_loads_dashboards_from_the_mounted_dashboards_folder() -> None:
+    mounted = PurePosixPath(dict(bind_mounts(services()["grafana"]))["./deploy/grafana/dashboards"])
+    providers = [
+        provider
+        for document in grafana_provisioning("dashboards")
+        for provider in document.get("providers", [])
+    ]
+    assert providers, "no dashboard provider is provisioned"
+    for provider in providers:
+        path = PurePosixPath(provider["options"]["path"])
+        assert path == mounted or mounted in path.parents, f"{path} is not the mounted folder"
+    assert list((REPO / "deploy/grafana/dashboards").glob("*.json")), "no dashboard to load"
