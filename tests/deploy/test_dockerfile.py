@@ -168,7 +168,8 @@ class _Health(BaseHTTPRequestHandler):
 def health_server(status: int) -> Iterator[int]:
     handler = type("Handler", (_Health,), {"status": status})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll interval: shutdown() waits up to one interval.
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     try:
         yield server.server_address[1]
@@ -181,9 +182,9 @@ def run_healthcheck(port: int) -> int:
     program, *args = healthcheck_command()
     assert program == "python"
     env = {"METRICS_PORT": str(port), "PATH": "/usr/bin:/bin"}
-    return subprocess.run(
-        [sys.executable, *args], env=env, capture_output=True, timeout=20
-    ).returncode
+    # -I: the command needs only the stdlib, so skip site-packages and start fast.
+    argv = [sys.executable, "-I", *args]
+    return subprocess.run(argv, env=env, capture_output=True, timeout=20).returncode
 
 
 # --- base image and stages ---------------------------------------------------------
