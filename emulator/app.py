@@ -320,11 +320,7 @@ class EmulatorApp:
 
     async def _get_batch(self, batch_id: str) -> BatchRow:
         def read() -> BatchRow | None:
-            conn = self.store.connect()
-            try:
-                return Store.get_batch(conn, batch_id)
-            finally:
-                conn.close()
+            return Store.get_batch(self.store.local(), batch_id)
 
         batch = await in_thread(read)
         if batch is None:
@@ -414,22 +410,19 @@ class EmulatorApp:
             raise ApiError("invalid_request_error", "Cannot specify both before_id and after_id")
 
         def read() -> tuple[list[BatchRow], bool]:
-            conn = self.store.connect()
-            try:
-                after_seq = before_seq = None
-                for name, value in (("after_id", after_id), ("before_id", before_id)):
-                    if value is None:
-                        continue
-                    seq = Store.cursor_seq(conn, value)
-                    if seq is None:
-                        raise ApiError("invalid_request_error", f"{name}: unknown id {value}")
-                    if name == "after_id":
-                        after_seq = seq
-                    else:
-                        before_seq = seq
-                return Store.list_page(conn, limit, after_seq, before_seq)
-            finally:
-                conn.close()
+            conn = self.store.local()
+            after_seq = before_seq = None
+            for name, value in (("after_id", after_id), ("before_id", before_id)):
+                if value is None:
+                    continue
+                seq = Store.cursor_seq(conn, value)
+                if seq is None:
+                    raise ApiError("invalid_request_error", f"{name}: unknown id {value}")
+                if name == "after_id":
+                    after_seq = seq
+                else:
+                    before_seq = seq
+            return Store.list_page(conn, limit, after_seq, before_seq)
 
         page, has_more = await in_thread(read)
         now = time.time()
@@ -447,17 +440,14 @@ class EmulatorApp:
         await self._get_batch(batch_id)
 
         def mark() -> BatchRow | None:
-            conn = self.store.connect()
-            try:
-                conn.execute(
-                    "UPDATE batches SET cancel_initiated_at = ? WHERE id = ? "
-                    "AND ended_at IS NULL AND cancel_initiated_at IS NULL",
-                    (time.time(), batch_id),
-                )
-                conn.commit()
-                return Store.get_batch(conn, batch_id)
-            finally:
-                conn.close()
+            conn = self.store.local()
+            conn.execute(
+                "UPDATE batches SET cancel_initiated_at = ? WHERE id = ? "
+                "AND ended_at IS NULL AND cancel_initiated_at IS NULL",
+                (time.time(), batch_id),
+            )
+            conn.commit()
+            return Store.get_batch(conn, batch_id)
 
         batch = await in_thread(mark)
         if batch is None:
@@ -474,12 +464,9 @@ class EmulatorApp:
             )
 
         def mark() -> None:
-            conn = self.store.connect()
-            try:
-                conn.execute("UPDATE batches SET deleted = 1 WHERE id = ?", (batch_id,))
-                conn.commit()
-            finally:
-                conn.close()
+            conn = self.store.local()
+            conn.execute("UPDATE batches SET deleted = 1 WHERE id = ?", (batch_id,))
+            conn.commit()
 
         await in_thread(mark)
         await call.send_json(200, {"id": batch_id, "type": "message_batch_deleted"})

@@ -15,7 +15,6 @@ import queue
 import re
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import ijson

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,6 +78,7 @@ class Store:
     def __init__(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / "emulator.sqlite3"
+        self._local = threading.local()
         with self.connect() as conn:
             conn.executescript(SCHEMA)
             # Creates that were being parsed when the process died never got an
@@ -93,6 +95,15 @@ class Store:
         # only an OS crash could lose them, which an emulator can afford. It
         # halves the time to store a 256 MB create.
         conn.execute("PRAGMA synchronous=OFF")
+        return conn
+
+    def local(self) -> sqlite3.Connection:
+        """This thread's connection for short calls (the HTTP worker threads are
+        reused, so a connection per call would mostly measure connect time)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self.connect()
+            self._local.conn = conn
         return conn
 
     def meta_value(self, key: str, default_factory: object = None) -> str:

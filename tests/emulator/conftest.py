@@ -13,7 +13,6 @@ import anthropic
 import httpx
 import pytest
 from anthropic.types.messages import MessageBatch
-
 from invoice_batch_emulator.testing import running_emulator
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,6 @@ from datetime import timedelta
 import anthropic
 import httpx
 import pytest
-
 from invoice_batch_emulator.testing import running_emulator
 
 from .conftest import make_client, raw_headers, simple_requests, wait_until_ended
@@ -155,9 +154,7 @@ def test_the_sdk_refuses_results_before_the_batch_ends_and_the_endpoint_answers_
         batch = client.messages.batches.create(requests=simple_requests(2))
         with pytest.raises(anthropic.AnthropicError, match="results_url"):
             client.messages.batches.results(batch.id)
-        response = httpx.get(
-            f"{url}/v1/messages/batches/{batch.id}/results", headers=raw_headers()
-        )
+        response = httpx.get(f"{url}/v1/messages/batches/{batch.id}/results", headers=raw_headers())
         assert response.status_code == 400
         assert response.json()["error"]["type"] == "invalid_request_error"
 
