@@ -11,6 +11,7 @@ take one apart, so tests can check each against the metrics the services expose.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -174,16 +175,16 @@ def running_prometheus(
 
 def _wait_until_ready(process: subprocess.Popen[bytes], base_url: str) -> bool:
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-    with httpx.Client(timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                return False
-            try:
-                if client.get(f"{base_url}/-/ready").status_code == 200:
-                    return True
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
+    client = _http()
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            if client.get(f"{base_url}/-/ready", timeout=2.0).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
     return False
 
 
@@ -198,6 +199,13 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=10)
 
 
+@functools.cache
+def _http() -> httpx.Client:
+    # One client for all queries: building one loads the TLS trust store, which
+    # costs tens of milliseconds, and a test may ask a hundred queries.
+    return httpx.Client(timeout=10.0)
+
+
 def query(base_url: str, promql: str) -> list[dict[str, Any]]:
     """Evaluate ``promql`` now; return the result series (``metric`` and ``value``).
 
@@ -205,7 +213,7 @@ def query(base_url: str, promql: str) -> list[dict[str, Any]]:
     PrometheusError when Prometheus rejects the expression (bad syntax, unknown
     function) or fails to evaluate it.
     """
-    response = httpx.get(f"{base_url}/api/v1/query", params={"query": promql}, timeout=10.0)
+    response = _http().get(f"{base_url}/api/v1/query", params={"query": promql})
     try:
         body = response.json()
     except json.JSONDecodeError:
