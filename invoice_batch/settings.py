@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from collections.abc import Mapping
 from datetime import time
 from decimal import Decimal, InvalidOperation
@@ -61,7 +62,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, *args, **kwargs):  # type: ignore[no-untyped-def,override]
+    def settings_customise_sources(cls, settings_cls, init_settings, *args, **kwargs):  # type: ignore[no-untyped-def]
         # load_settings() reads the environment (and a config file) itself, so that
         # tests can pass their own mapping; the object sees only what it is given.
         return (init_settings,)
@@ -103,12 +104,21 @@ class Settings(BaseSettings):
 
     # Collector
     max_attempts: int = Field(default=3, ge=1, le=100)
+    # Failed requests go out in the next batch after this delay, cut-off or not.
+    retry_delay_seconds: float = Field(default=60.0, ge=0)
+    # How long a create may take; a batch whose create outcome is unknown is
+    # reconciled with the API's list only after this (plus a minute).
+    create_timeout_seconds: float = Field(default=600.0, gt=0)
     poll_min_seconds: float = Field(default=5.0, gt=0)
     poll_max_seconds: float = Field(default=300.0, gt=0)
     lease_seconds: float = Field(default=120.0, gt=0)
 
     # Input validation
     max_text_bytes: int = Field(default=32_768, ge=256)
+    # The consumer stops (a bad upstream deploy) when at least INVALID_MAX_SHARE of the
+    # last INVALID_WINDOW records were invalid; INVALID_WINDOW=0 turns the guard off.
+    invalid_window: int = Field(default=1_000, ge=0)
+    invalid_max_share: float = Field(default=1.0, gt=0, le=1)
 
     # Operations
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
@@ -152,9 +162,9 @@ class Settings(BaseSettings):
     def sqlalchemy_url(self) -> str:
         return self.database_url.get_secret_value()
 
-    def librdkafka(self) -> dict[str, str | int]:
+    def librdkafka(self) -> dict[str, str | int | float | bool]:
         """Common librdkafka configuration: bootstrap servers plus every KAFKA_* option."""
-        config: dict[str, str | int] = {"bootstrap.servers": self.kafka_bootstrap_servers}
+        config: dict[str, str | int | float | bool] = {"bootstrap.servers": self.kafka_bootstrap_servers}
         config.update(self.kafka_options)
         return config
 
@@ -206,22 +216,46 @@ def redact_url(url: str) -> str:
     return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
+def read_config_file(path: Path) -> dict[str, str]:
+    """A TOML file with the same keys as the environment (either case), flat."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    values: dict[str, str] = {}
+    for key, value in data.items():
+        if isinstance(value, dict | list):
+            raise ConfigError(f"config file {path}: {key} must be a plain value")
+        values[key.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+    return values
+
+
 def load_settings(
-    environ: Mapping[str, str] | None = None, **overrides: object
+    environ: Mapping[str, str] | None = None,
+    *,
+    config_file: Path | None = None,
+    **overrides: object,
 ) -> Settings:
-    """Build the settings from ``environ`` (default: the process environment).
+    """Build the settings. Precedence, highest first: ``overrides``, the environment,
+    the config file (``config_file``, else INVOICE_BATCH_CONFIG), the defaults.
 
     Raises ConfigError with one line naming the first bad setting.
     """
     env = dict(os.environ if environ is None else environ)
+    path = config_file or (
+        Path(env["INVOICE_BATCH_CONFIG"]) if env.get("INVOICE_BATCH_CONFIG") else None
+    )
+    merged = {**(read_config_file(path) if path else {}), **{k.upper(): v for k, v in env.items()}}
     values: dict[str, object] = {}
     for name in Settings.model_fields:
         if name == "kafka_options":
             continue
-        raw = env.get(name.upper())
+        raw = merged.get(name.upper())
         if raw is not None and raw != "":
             values[name] = raw
-    values["kafka_options"] = kafka_options_from(env)
+    values["kafka_options"] = kafka_options_from(merged)
     values.update(overrides)
     try:
         return Settings(**values)  # type: ignore[arg-type]

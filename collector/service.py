@@ -1,0 +1,433 @@
+"""The collector: open batches → poll → results → publish → mark done.
+
+The collect protocol (``collect_batch``), per ended batch:
+
+1. Lease the batch (a lease with an expiry: a dead collector's batch is taken over).
+2. Stream the results file; take them ``CHUNK`` at a time.
+3. For each chunk, load the rows still ``submitted`` (rows already done are skipped:
+   a restart never re-publishes them) and decide each result's outcome.
+4. Publish the classified invoices (idempotent producer, key = invoice_id, a
+   stable event_id) and wait for the broker's acknowledgements.
+5. Mark the acknowledged rows done, failed rows pending again or DLQ'd, in one
+   store transaction per chunk.
+6. After the last line, rows of the batch with no result line at all are retried
+   (counted as ``missing``); then the batch is done.
+
+What a restart does after a crash at each step:
+
+- before 4: the lease expires, another pass re-reads the results; nothing was published.
+- after 4, before 5: that chunk's rows are published again with the same event id
+  and key (at most ``CHUNK`` re-publishes; downstream deduplicates on event_id).
+- after 5: only the rows not yet marked are processed again.
+
+A publish that the broker does not acknowledge aborts the pass before step 5, so a
+result is never lost and never retried with the API (no double spend).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import anthropic
+from confluent_kafka import KafkaError, Message, Producer
+from invoice_batch.schemas.codec import ClassifiedCodec
+from sqlalchemy.exc import SQLAlchemyError
+
+from invoice_batch.approval import decide_approval
+from invoice_batch.batch_requests import row_id_from
+from invoice_batch.kafka import DeadLetters, DeliveryFailed
+from invoice_batch.logs import get_logger
+from invoice_batch.metrics import Metrics
+from invoice_batch.pricing import Usage, cost_usd, price_for
+from invoice_batch.results import (
+    Canceled,
+    Classified,
+    Errored,
+    Expired,
+    Reject,
+    ResultBody,
+    Retry,
+    Succeeded,
+    classified_record,
+    decide_outcome,
+)
+from invoice_batch.settings import Settings
+from invoice_batch.store.models import BatchRow
+from invoice_batch.store.repository import BatchCounts, ClaimedInvoice, DoneResult, Store
+
+log = get_logger("invoice_batch.collector")
+
+# Results per chunk: one store transaction and one producer flush each. 500 keeps a
+# crash's re-publish window small while a flush still carries hundreds of records.
+CHUNK = 500
+IDLE_WAIT_SECONDS = 1.0
+
+
+class PublishFailed(Exception):
+    """The broker did not acknowledge every record of a chunk."""
+
+
+def result_body(result: Any) -> ResultBody:
+    """The SDK's result union → our plain values (the only place that reads SDK types)."""
+    match result.type:
+        case "succeeded":
+            message = result.message
+            tool_input = next(
+                (block.input for block in message.content if block.type == "tool_use"), None
+            )
+            usage = message.usage
+            return Succeeded(
+                tool_input=tool_input,
+                model=message.model,
+                usage=Usage(
+                    input_tokens=usage.input_tokens or 0,
+                    output_tokens=usage.output_tokens or 0,
+                    cache_read_tokens=usage.cache_read_input_tokens or 0,
+                    cache_creation_tokens=usage.cache_creation_input_tokens or 0,
+                ),
+            )
+        case "errored":
+            error = result.error.error
+            return Errored(error_type=str(error.type), message=str(error.message))
+        case "canceled":
+            return Canceled()
+        case "expired":
+            return Expired()
+    return Errored(error_type="unknown_result", message=f"result type {result.type!r}")
+
+
+def default_owner() -> str:
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+class CollectorService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        client: anthropic.Anthropic,
+        producer: Producer,
+        dead_letters: DeadLetters,
+        metrics: Metrics,
+        owner: str | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.client = client
+        self.producer = producer
+        self.dead_letters = dead_letters
+        self.metrics = metrics
+        self.owner = owner or default_owner()
+        self.clock = clock
+        self.codec = ClassifiedCodec(settings.output_format)
+        self.lease = timedelta(seconds=settings.lease_seconds)
+        self._delivery_errors: list[str] = []
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                worked = self.collect_once(stop)
+                self._observe_open()
+            except SQLAlchemyError as exc:
+                log.warning("store unavailable", error=type(exc).__name__)
+                worked = False
+            if not worked:
+                stop.wait(IDLE_WAIT_SECONDS)
+        self.producer.flush(self.settings.shutdown_timeout_seconds)
+
+    def _observe_open(self) -> None:
+        count, oldest_age = self.store.open_batch_ages(self.clock())
+        self.metrics.batches_open.set(count)
+        self.metrics.oldest_open_age.set(oldest_age)
+
+    def _poll_delay(self, polls: int) -> timedelta:
+        seconds = min(self.settings.poll_max_seconds, self.settings.poll_min_seconds * 1.5**polls)
+        return timedelta(seconds=seconds)
+
+    def collect_once(self, stop: threading.Event | None = None) -> bool:
+        """Poll one due batch, and collect it if it ended. False when none was due."""
+        batch = self.store.lease_due_batch(self.owner, self.clock(), self.lease)
+        if batch is None:
+            return False
+        assert batch.api_batch_id is not None
+        try:
+            api_batch = self.client.messages.batches.retrieve(batch.api_batch_id)
+        except anthropic.APIError as exc:
+            self.metrics.api_errors.labels("retrieve", type(exc).__name__).inc()
+            log.warning("batch poll failed", batch_id=batch.api_batch_id, error=type(exc).__name__)
+            self.store.release_lease(
+                batch.key,
+                self.owner,
+                self.clock() + self._poll_delay(batch.polls),
+                error=type(exc).__name__,
+            )
+            return True
+        c = api_batch.request_counts
+        counts = BatchCounts(c.processing, c.succeeded, c.errored, c.canceled, c.expired)
+        if api_batch.processing_status != "ended":
+            self.store.record_poll(
+                batch.key,
+                self.owner,
+                processing_status=api_batch.processing_status,
+                counts=counts,
+                next_poll_at=self.clock() + self._poll_delay(batch.polls),
+            )
+            log.debug(
+                "batch still running",
+                batch_id=batch.api_batch_id,
+                done=counts.succeeded + counts.errored + counts.canceled + counts.expired,
+                processing=counts.processing,
+            )
+            return True
+        try:
+            self.collect_batch(batch, api_batch, counts, stop)
+        except (PublishFailed, DeliveryFailed, anthropic.APIError) as exc:
+            log.warning(
+                "collecting the batch failed; will try again",
+                batch_id=batch.api_batch_id,
+                error=f"{type(exc).__name__}: {exc}"[:300],
+            )
+            if isinstance(exc, anthropic.APIError):
+                self.metrics.api_errors.labels("results", type(exc).__name__).inc()
+            self.store.release_lease(
+                batch.key,
+                self.owner,
+                self.clock() + timedelta(seconds=self.settings.poll_min_seconds),
+                error=type(exc).__name__,
+            )
+        return True
+
+    def collect_batch(
+        self,
+        batch: BatchRow,
+        api_batch: Any,
+        counts: BatchCounts,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """Steps 2–6 of the collect protocol."""
+        assert batch.api_batch_id is not None
+        started = time.monotonic()
+        seen: set[int] = set()
+        chunk: list[tuple[int, ResultBody]] = []
+        usage = Usage()
+        cost = Decimal(0)
+        lease_renewed = time.monotonic()
+        for item in self.client.messages.batches.results(batch.api_batch_id):
+            row_id = row_id_from(item.custom_id)
+            if row_id is None or row_id in seen:
+                log.warning(
+                    "unexpected or repeated result line",
+                    batch_id=batch.api_batch_id,
+                    custom_id=item.custom_id[:64],
+                )
+                continue
+            seen.add(row_id)
+            chunk.append((row_id, result_body(item.result)))
+            if len(chunk) >= CHUNK:
+                chunk_usage, chunk_cost = self._process_chunk(batch, chunk)
+                usage, cost, chunk = usage + chunk_usage, cost + chunk_cost, []
+                if time.monotonic() - lease_renewed > self.lease.total_seconds() / 3:
+                    self.store.renew_lease(batch.key, self.owner, self.clock() + self.lease)
+                    lease_renewed = time.monotonic()
+        if chunk:
+            chunk_usage, chunk_cost = self._process_chunk(batch, chunk)
+            usage, cost = usage + chunk_usage, cost + chunk_cost
+
+        missing = [
+            row_id for row_id in self.store.unresolved_row_ids(batch.key) if row_id not in seen
+        ]
+        if missing:
+            log.warning(
+                "results file lacks some requests; retrying them",
+                batch_id=batch.api_batch_id,
+                missing=len(missing),
+            )
+            rows = self.store.invoices_by_id(batch.key, missing)
+            self._retry_or_dlq(
+                batch,
+                [
+                    (rows[i], "missing", "no result line for the request")
+                    for i in missing
+                    if i in rows
+                ],
+            )
+        now = self.clock()
+        self.store.finish_batch(batch.key, self.owner, usage, cost, now)
+        if api_batch.ended_at is not None:
+            self.metrics.batch_latency.observe(
+                (api_batch.ended_at - api_batch.created_at).total_seconds()
+            )
+        self.metrics.results_last.set(time.time())
+        log.info(
+            "batch collected",
+            batch_id=batch.api_batch_id,
+            succeeded=counts.succeeded,
+            errored=counts.errored,
+            canceled=counts.canceled,
+            expired=counts.expired,
+            missing=len(missing),
+            cost_usd=float(cost),
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    # -- one chunk
+
+    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self._delivery_errors.append(str(error))
+
+    def _process_chunk(
+        self, batch: BatchRow, chunk: list[tuple[int, ResultBody]]
+    ) -> tuple[Usage, Decimal]:
+        assert batch.api_batch_id is not None
+        rows = self.store.invoices_by_id(batch.key, (row_id for row_id, _ in chunk))
+        now = self.clock()
+        done: list[DoneResult] = []
+        failed: list[tuple[ClaimedInvoice, str, str]] = []
+        rejected: list[tuple[ClaimedInvoice, str]] = []
+        usage = Usage()
+        cost = Decimal(0)
+        for row_id, body in chunk:
+            row = rows.get(row_id)
+            if row is None:
+                continue  # already final: a previous pass handled it
+            self.metrics.batch_results.labels(_result_type(body)).inc()
+            outcome = decide_outcome(body)
+            row_usage = getattr(outcome, "usage", Usage())
+            price = price_for(body.model) if isinstance(body, Succeeded) else None
+            row_cost = cost_usd(row_usage, price) if price else Decimal(0)
+            usage, cost = usage + row_usage, cost + row_cost
+            match outcome:
+                case Classified(classification=classification, model=model):
+                    approval = decide_approval(
+                        amount=row.invoice.amount
+                        if row.invoice.amount is not None
+                        else classification.amount,
+                        currency=row.invoice.currency or classification.currency,
+                        needs_review=classification.needs_review,
+                        review_reason=classification.reason,
+                        thresholds=self.settings.approval_thresholds,
+                        model_amount=classification.amount
+                        if row.invoice.amount is not None
+                        else None,
+                    )
+                    record = classified_record(
+                        invoice=row.invoice,
+                        classification=classification,
+                        approval=approval,
+                        model=model,
+                        batch_id=batch.api_batch_id,
+                        classified_at=now,
+                    )
+                    self._produce(row.invoice.invoice_id, self.codec.encode(record))
+                    done.append(
+                        DoneResult(row.row_id, str(record["event_id"]), record, row_usage, row_cost)
+                    )
+                case Retry(reason=reason, detail=detail):
+                    failed.append((row, reason, detail))
+                case Reject(detail=detail):
+                    rejected.append((row, detail))
+        # Step 4: every record of the chunk acknowledged, or nothing is marked.
+        remaining = self.producer.flush(self.settings.shutdown_timeout_seconds * 3)
+        errors, self._delivery_errors = self._delivery_errors, []
+        if remaining or errors:
+            self.metrics.published.labels("failed").inc(len(errors) or remaining)
+            raise PublishFailed(
+                f"{remaining} unacknowledged, {len(errors)} failed: "
+                f"{errors[0] if errors else 'timeout'}"
+            )
+        # Step 5.
+        self.store.mark_done(batch.key, done, self.clock())
+        self.metrics.published.labels("published").inc(len(done))
+        for result in done:
+            record = result.record
+            self.metrics.classified.labels(
+                str(record["department"]), "true" if record["approval_required"] else "false"
+            ).inc()
+            row = rows[result.row_id]
+            if row.event_time is not None:
+                self.metrics.end_to_end.observe((now - row.event_time).total_seconds())
+        for row, detail in rejected:
+            self._dead_letter(row, "model_rejected", detail)
+        self.dead_letters.flush()
+        if rejected:
+            self.store.mark_dlq(
+                batch.key,
+                [row.row_id for row, _ in rejected],
+                "model_rejected",
+                "; ".join(d for _, d in rejected[:1]),
+            )
+        self._retry_or_dlq(batch, failed)
+        self.metrics.tokens.labels("input").inc(usage.input_tokens)
+        self.metrics.tokens.labels("output").inc(usage.output_tokens)
+        self.metrics.tokens.labels("cache_read").inc(usage.cache_read_tokens)
+        self.metrics.tokens.labels("cache_creation").inc(usage.cache_creation_tokens)
+        self.metrics.cost.inc(float(cost))
+        return usage, cost
+
+    def _produce(self, key: str, value: bytes) -> None:
+        while True:
+            try:
+                self.producer.produce(
+                    self.settings.output_topic,
+                    key=key.encode(),
+                    value=value,
+                    on_delivery=self._on_delivery,
+                )
+                return
+            except BufferError:
+                self.producer.poll(0.1)
+
+    def _dead_letter(self, row: ClaimedInvoice, code: str, reason: str) -> None:
+        self.dead_letters.send(
+            key=row.source_key,
+            value=row.source_value,
+            code=code,
+            reason=reason,
+            topic=row.source_topic,
+            partition=row.source_partition,
+            offset=row.source_offset,
+        )
+        self.metrics.dlq.labels(code).inc()
+
+    def _retry_or_dlq(self, batch: BatchRow, failed: list[tuple[ClaimedInvoice, str, str]]) -> None:
+        """Failed requests go back to pending, or to the DLQ past MAX_ATTEMPTS."""
+        retry: dict[str, list[int]] = {}
+        give_up: list[tuple[ClaimedInvoice, str]] = []
+        for row, reason, detail in failed:
+            if row.attempts >= self.settings.max_attempts:
+                give_up.append((row, f"{row.attempts} attempts failed; last: {detail}"))
+            else:
+                retry.setdefault(reason, []).append(row.row_id)
+                self.metrics.retries.labels(reason).inc()
+        for row, detail in give_up:
+            self._dead_letter(row, "max_attempts", detail)
+        self.dead_letters.flush()
+        if give_up:
+            self.store.mark_dlq(
+                batch.key, [row.row_id for row, _ in give_up], "max_attempts", give_up[0][1]
+            )
+        for reason, row_ids in retry.items():
+            self.store.mark_retry(batch.key, row_ids, reason, self.clock())
+
+
+def _result_type(body: ResultBody) -> str:
+    match body:
+        case Succeeded():
+            return "succeeded"
+        case Errored():
+            return "errored"
+        case Canceled():
+            return "canceled"
+        case Expired():
+            return "expired"
+    return "errored"

@@ -1,0 +1,271 @@
+"""Pending invoices → Message Batches, without ever sending an invoice twice.
+
+The submit protocol (``submit_batch``):
+
+1. Claim pending rows and write the batch row as ``submitting`` with our own key,
+   in one transaction.
+2. Build one request per row (custom_id ``i<row>-a<attempt>``).
+3. Call ``messages.batches.create`` once, with the SDK's automatic retries off:
+   a retried create after a lost response would create a second batch.
+4. Record the API's batch id; the batch is ``open`` and the collector takes it.
+
+What a restart does after a crash at each step:
+
+- during 1: the transaction rolled back; the rows are still pending.
+- after 1, before 3 reached the API: the row is ``submitting``; reconciliation
+  finds no such batch on the API and releases the rows to pending.
+- after 3 reached the API, before 4: reconciliation lists the API's batches,
+  finds the one created within the window with our request count, adopts it.
+- after 4: nothing to do; the collector polls the batch.
+
+Reconciliation waits CREATE_TIMEOUT_SECONDS plus a minute after the claim before it decides that a
+create did not happen, longer than a create call can take, so a request still in
+flight is never mistaken for a lost one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anthropic
+from invoice_batch.consumer.flush_policy import FlushDecision, FlushPolicy, Trigger, decide_flush
+
+from invoice_batch.batch_requests import build_request, custom_id_for
+from invoice_batch.logs import get_logger
+from invoice_batch.metrics import Metrics
+from invoice_batch.settings import Settings
+from invoice_batch.store.repository import Store
+
+log = get_logger("invoice_batch.flusher")
+
+# A create's outcome is decided by reconciliation only a minute after the create
+# could have timed out (CREATE_TIMEOUT_SECONDS, default 10 min: a 256 MB body over
+# a slow link takes minutes).
+RECONCILE_MARGIN = timedelta(minutes=1)
+# API clocks and ours may differ; look this much either side of our claim time.
+CLOCK_SKEW = timedelta(minutes=5)
+# First poll of a new batch: small batches often end within a minute.
+FIRST_POLL_DELAY = timedelta(seconds=5)
+
+# HTTP statuses after which the API certainly did not create the batch: the request
+# was refused before processing.
+NOT_CREATED_STATUSES = frozenset({400, 401, 402, 403, 404, 413, 422, 429, 529})
+
+
+def flush_policy_from(settings: Settings) -> FlushPolicy:
+    explicit_wait = "batch_max_wait_seconds" in settings.model_fields_set
+    max_wait = (
+        timedelta(seconds=settings.batch_max_wait_seconds)
+        if settings.batch_cutoff is None or explicit_wait
+        else None
+    )
+    return FlushPolicy(
+        max_requests=settings.batch_max_requests,
+        max_bytes=settings.batch_max_bytes,
+        max_wait=max_wait,
+        cutoff=settings.batch_cutoff,
+        zone=settings.zone,
+        retry_delay=timedelta(seconds=settings.retry_delay_seconds),
+    )
+
+
+class Flusher:
+    def __init__(
+        self,
+        store: Store,
+        client: anthropic.Anthropic,
+        settings: Settings,
+        metrics: Metrics,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        # Step 3 of the protocol: no automatic retries of create.
+        self.client = client.with_options(max_retries=0, timeout=settings.create_timeout_seconds)
+        create_timeout = timedelta(seconds=settings.create_timeout_seconds)
+        self.reconcile_grace = create_timeout + min(RECONCILE_MARGIN, create_timeout)
+        self.reader = client
+        self.settings = settings
+        self.metrics = metrics
+        self.policy = flush_policy_from(settings)
+        self.clock = clock
+        self.last_decision: FlushDecision | None = None
+
+    def flush_due(self) -> list[str]:
+        """Submit batches while the policy says so. Returns the API batch ids created."""
+        created: list[str] = []
+        for _ in range(1_000):  # bound: each round claims at least one row or stops
+            now = self.clock()
+            state = self.store.buffer_state()
+            self._observe(state.pending_count, state.pending_bytes, state.oldest_received_at, now)
+            decision = decide_flush(state, now, self.policy)
+            self.last_decision = decision
+            if not decision.flush or decision.trigger is None:
+                break
+            batch_id = self.submit_batch(
+                decision.trigger,
+                received_before=decision.received_before,
+                retries_only=decision.trigger == "retry",
+            )
+            if batch_id is None:
+                break
+            created.append(batch_id)
+        return created
+
+    def flush_all(self, trigger: Trigger = "manual") -> list[str]:
+        """Submit everything pending now (``invoice-batch flush --now``)."""
+        created = []
+        while (batch_id := self.submit_batch(trigger)) is not None:
+            created.append(batch_id)
+        return created
+
+    def _observe(self, count: int, size: int, oldest: datetime | None, now: datetime) -> None:
+        self.metrics.buffer_pending.set(count)
+        self.metrics.buffer_pending_bytes.set(size)
+        self.metrics.buffer_oldest_age.set((now - oldest).total_seconds() if oldest else 0)
+        if self.policy.cutoff is not None:
+            from invoice_batch.consumer.flush_policy import next_cutoff
+
+            self.metrics.next_cutoff.set(
+                next_cutoff(now, self.policy.cutoff, self.policy.zone).timestamp()
+            )
+
+    def submit_batch(
+        self,
+        trigger: Trigger,
+        *,
+        received_before: datetime | None = None,
+        retries_only: bool = False,
+    ) -> str | None:
+        """Run the submit protocol once. Returns the API batch id, or None if nothing
+        was claimed or the create failed (the failure is logged and counted)."""
+        batch_key = "b" + uuid.uuid4().hex
+        now = self.clock()
+        claimed = self.store.claim_batch(
+            batch_key=batch_key,
+            trigger=trigger,
+            model=self.settings.claude_model,
+            max_requests=self.settings.batch_max_requests,
+            max_bytes=self.settings.batch_max_bytes,
+            now=now,
+            received_before=received_before,
+            retries_only=retries_only,
+        )
+        if not claimed:
+            return None
+        requests = [
+            build_request(
+                row.invoice,
+                custom_id=custom_id_for(row.row_id, row.attempts),
+                model=self.settings.claude_model,
+                max_tokens=self.settings.claude_max_tokens,
+            )
+            for row in self.store.iter_batch_invoices(batch_key)
+        ]
+        try:
+            batch = self.client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+        except anthropic.APIStatusError as exc:
+            self.metrics.api_errors.labels("create", _error_type(exc)).inc()
+            if exc.status_code in NOT_CREATED_STATUSES:
+                released = self.store.release_batch(batch_key, f"create refused: {exc.status_code}")
+                log.warning(
+                    "batch create refused; rows back to pending",
+                    status=exc.status_code,
+                    error=_error_type(exc),
+                    rows=released,
+                    batch_key=batch_key,
+                )
+            else:
+                log.warning(
+                    "batch create failed; will reconcile",
+                    status=exc.status_code,
+                    batch_key=batch_key,
+                    rows=claimed,
+                )
+            return None
+        except anthropic.APIError as exc:
+            # Connection error or timeout: the batch may exist. Reconcile later.
+            self.metrics.api_errors.labels("create", type(exc).__name__).inc()
+            log.warning(
+                "batch create outcome unknown; will reconcile",
+                error=type(exc).__name__,
+                batch_key=batch_key,
+                rows=claimed,
+            )
+            return None
+        finally:
+            del requests
+        self.store.record_created(
+            batch_key, batch.id, self.clock(), self.clock() + FIRST_POLL_DELAY
+        )
+        self.metrics.batches_submitted.labels(trigger).inc()
+        self.metrics.batch_requests.observe(claimed)
+        log.info(
+            "batch submitted",
+            batch_id=batch.id,
+            batch_key=batch_key,
+            trigger=trigger,
+            requests=claimed,
+        )
+        return batch.id
+
+    def reconcile(self) -> None:
+        """Resolve ``submitting`` batches older than the grace: adopt or release."""
+        now = self.clock()
+        stale = [
+            b for b in self.store.submitting_batches() if now - b.created_at >= self.reconcile_grace
+        ]
+        if not stale:
+            return
+        earliest = min(b.created_at for b in stale) - CLOCK_SKEW
+        candidates: list[Any] = []
+        for api_batch in self.reader.messages.batches.list(limit=100):
+            if api_batch.created_at < earliest:
+                break
+            candidates.append(api_batch)
+        known = self.store.known_api_batch_ids(b.id for b in candidates)
+        for row in stale:
+            window_end = row.created_at + self.reconcile_grace + CLOCK_SKEW
+            match = next(
+                (
+                    b
+                    for b in sorted(candidates, key=lambda b: abs(b.created_at - row.created_at))
+                    if b.id not in known
+                    and row.created_at - CLOCK_SKEW <= b.created_at <= window_end
+                    and _total(b.request_counts) == row.request_count
+                ),
+                None,
+            )
+            if match is not None:
+                self.store.record_created(row.key, match.id, match.created_at, now)
+                known.add(match.id)
+                log.info(
+                    "adopted batch created before a lost response",
+                    batch_id=match.id,
+                    batch_key=row.key,
+                    requests=row.request_count,
+                )
+            else:
+                released = self.store.release_batch(row.key, "create never reached the API")
+                log.info(
+                    "released rows of a batch that was never created",
+                    batch_key=row.key,
+                    rows=released,
+                )
+
+
+def _total(counts: Any) -> int:
+    return int(
+        counts.processing + counts.succeeded + counts.errored + counts.canceled + counts.expired
+    )
+
+
+def _error_type(exc: anthropic.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("type"), str):
+            return str(error["type"])[:40]
+    return f"http_{exc.status_code}"

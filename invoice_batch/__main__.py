@@ -1,0 +1,3 @@
+from invoice_batch.cli import main
+
+main()

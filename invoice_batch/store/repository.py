@@ -1,0 +1,568 @@
+"""Every read and write the services make to the store, one method a transaction.
+
+Callers may assume each public method is atomic: it commits before returning or
+raises with nothing written. Methods that move rows between states guard on the
+state they expect, so running one twice (after a crash, or from two processes)
+changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import ColumnElement, Engine, and_, func, insert, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from invoice_batch.consumer.flush_policy import BufferState
+from invoice_batch.invoices import Invoice
+from invoice_batch.pricing import Usage
+from invoice_batch.store.models import BatchRow, InvoiceRow
+
+# Rows per statement for IN lists and multi-row inserts: under SQLite's 32,766
+# bound-variable limit with room for every column, and small enough that a
+# PostgreSQL statement stays well under a megabyte.
+CHUNK = 2_000
+
+
+def _chunks(items: Sequence[int], size: int = CHUNK) -> Iterator[Sequence[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass(frozen=True, slots=True)
+class NewInvoice:
+    invoice: Invoice
+    request_bytes: int
+    received_at: datetime
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
+    source_key: bytes | None = None
+    source_value: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedInvoice:
+    """A row in a batch: enough to build its request, or its output event."""
+
+    row_id: int
+    attempts: int
+    invoice: Invoice
+    event_time: datetime | None
+    source_key: bytes | None
+    source_value: bytes | None
+    source_topic: str | None
+    source_partition: int | None
+    source_offset: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DoneResult:
+    row_id: int
+    event_id: str
+    record: dict[str, object]
+    usage: Usage
+    cost_usd: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCounts:
+    processing: int
+    succeeded: int
+    errored: int
+    canceled: int
+    expired: int
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._dialect = engine.dialect.name
+
+    def ping(self) -> None:
+        """Raises when the store cannot be reached."""
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    # ----------------------------------------------------------------- consumer
+
+    def add_invoices(self, rows: Sequence[NewInvoice]) -> tuple[int, int]:
+        """Insert pending rows, skipping (invoice_id, content hash) pairs already stored.
+
+        Returns (accepted, duplicates). One transaction for the whole list.
+        """
+        values: dict[tuple[str, str], dict[str, object]] = {}
+        for row in rows:
+            key = (row.invoice.invoice_id, row.invoice.content_hash())
+            if key in values:
+                continue
+            values[key] = {
+                "invoice_id": key[0],
+                "content_hash": key[1],
+                "status": "pending",
+                "attempts": 0,
+                "payload": json.dumps(row.invoice.to_json_dict(), separators=(",", ":")),
+                "request_bytes": row.request_bytes,
+                "received_at": row.received_at,
+                "event_time": row.invoice.event_time,
+                "source_topic": row.source_topic,
+                "source_partition": row.source_partition,
+                "source_offset": row.source_offset,
+                "source_key": row.source_key,
+                "source_value": row.source_value,
+            }
+        if not values:
+            return 0, len(rows)
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        statement = (
+            dialect_insert(InvoiceRow)
+            .on_conflict_do_nothing(index_elements=["invoice_id", "content_hash"])
+            .returning(InvoiceRow.id)
+        )
+        accepted = 0
+        batch = list(values.values())
+        with self.engine.begin() as connection:
+            for start in range(0, len(batch), CHUNK // 4):
+                result = connection.execute(statement, batch[start : start + CHUNK // 4])
+                accepted += len(result.all())
+        return accepted, len(rows) - accepted
+
+    def buffer_state(self) -> BufferState:
+        with self.engine.connect() as connection:
+            count, size, oldest = connection.execute(
+                select(
+                    func.count(InvoiceRow.id),
+                    func.coalesce(func.sum(InvoiceRow.request_bytes), 0),
+                    func.min(InvoiceRow.received_at),
+                ).where(InvoiceRow.status == "pending")
+            ).one()
+            oldest_retry = connection.execute(
+                select(func.min(InvoiceRow.retry_at)).where(
+                    InvoiceRow.status == "pending", InvoiceRow.retry_at.is_not(None)
+                )
+            ).scalar()
+        from invoice_batch.store.models import UTCDateTime
+
+        to_utc = UTCDateTime().process_result_value
+        return BufferState(
+            pending_count=int(count),
+            pending_bytes=int(size),
+            oldest_received_at=to_utc(oldest, self.engine.dialect) if oldest else None,
+            oldest_retry_at=to_utc(oldest_retry, self.engine.dialect) if oldest_retry else None,
+        )
+
+    def claim_batch(
+        self,
+        *,
+        batch_key: str,
+        trigger: str,
+        model: str,
+        max_requests: int,
+        max_bytes: int,
+        now: datetime,
+        received_before: datetime | None = None,
+        retries_only: bool = False,
+    ) -> int:
+        """Step 1 of the submit protocol: move pending rows into a ``submitting`` batch.
+
+        Takes the oldest pending rows while the request count and byte budget
+        allow, marks them submitted with attempts + 1, and writes the batch row
+        in the same transaction. Returns the number of rows claimed (0: no batch
+        row written). Safe against a concurrent claimer: PostgreSQL skips rows
+        another transaction holds; the status guard makes SQLite's serial
+        writers see each other's claims.
+        """
+        query = (
+            select(InvoiceRow.id, InvoiceRow.request_bytes)
+            .where(InvoiceRow.status == "pending")
+            .order_by(InvoiceRow.id)
+            .limit(max_requests)
+        )
+        if received_before is not None:
+            query = query.where(InvoiceRow.received_at < received_before)
+        if retries_only:
+            query = query.where(InvoiceRow.retry_at.is_not(None))
+        if self._dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        with self.engine.begin() as connection:
+            if self._dialect == "sqlite":
+                # Take the write lock first so the SELECT below sees a stable buffer.
+                connection.execute(text("UPDATE batches SET key = key WHERE 0"))
+            ids: list[int] = []
+            total = 0
+            for row_id, size in connection.execute(query):
+                if ids and total + size > max_bytes:
+                    break
+                ids.append(row_id)
+                total += size
+            if not ids:
+                return 0
+            connection.execute(
+                insert(BatchRow).values(
+                    key=batch_key,
+                    status="submitting",
+                    trigger=trigger,
+                    model=model,
+                    request_count=len(ids),
+                    request_bytes=total,
+                    created_at=now,
+                    succeeded=0,
+                    errored=0,
+                    canceled=0,
+                    expired=0,
+                    processing=len(ids),
+                    polls=0,
+                    input_tokens=0,
+                    output_tokens=0,
+                    cache_read_tokens=0,
+                    cache_creation_tokens=0,
+                    cost_usd=0,
+                )
+            )
+            claimed = 0
+            for chunk in _chunks(ids):
+                claimed += connection.execute(
+                    update(InvoiceRow)
+                    .where(InvoiceRow.id.in_(chunk), InvoiceRow.status == "pending")
+                    .values(
+                        status="submitted",
+                        batch_key=batch_key,
+                        attempts=InvoiceRow.attempts + 1,
+                        retry_at=None,
+                    )
+                ).rowcount
+            if claimed != len(ids):
+                connection.execute(
+                    update(BatchRow)
+                    .where(BatchRow.key == batch_key)
+                    .values(request_count=claimed, processing=claimed)
+                )
+            return claimed
+
+    def iter_batch_invoices(
+        self, batch_key: str, *, only_submitted: bool = True
+    ) -> Iterator[ClaimedInvoice]:
+        """The batch's rows in id order, streamed (``yield_per``), not loaded at once."""
+        query = select(InvoiceRow).where(InvoiceRow.batch_key == batch_key).order_by(InvoiceRow.id)
+        if only_submitted:
+            query = query.where(InvoiceRow.status == "submitted")
+        with self.engine.connect() as connection:
+            result = connection.execution_options(yield_per=1000).execute(query)
+            for row in result:
+                yield _claimed(row)
+
+    def invoices_by_id(self, batch_key: str, row_ids: Iterable[int]) -> dict[int, ClaimedInvoice]:
+        """Rows of this batch still awaiting a result, by row id."""
+        found: dict[int, ClaimedInvoice] = {}
+        ids = list(row_ids)
+        with self.engine.connect() as connection:
+            for chunk in _chunks(ids):
+                for row in connection.execute(
+                    select(InvoiceRow).where(
+                        InvoiceRow.id.in_(chunk),
+                        InvoiceRow.batch_key == batch_key,
+                        InvoiceRow.status == "submitted",
+                    )
+                ):
+                    found[row.id] = _claimed(row)
+        return found
+
+    def record_created(
+        self, batch_key: str, api_batch_id: str, now: datetime, first_poll: datetime
+    ) -> bool:
+        """Step 4 of the submit protocol: the API accepted the batch. Idempotent."""
+        with self.engine.begin() as connection:
+            return bool(
+                connection.execute(
+                    update(BatchRow)
+                    .where(BatchRow.key == batch_key, BatchRow.status == "submitting")
+                    .values(
+                        status="open",
+                        api_batch_id=api_batch_id,
+                        submitted_at=now,
+                        next_poll_at=first_poll,
+                        processing_status="in_progress",
+                    )
+                ).rowcount
+            )
+
+    def release_batch(self, batch_key: str, error: str) -> int:
+        """The create certainly did not happen: rows go back to pending, attempt undone."""
+        with self.engine.begin() as connection:
+            updated = connection.execute(
+                update(BatchRow)
+                .where(BatchRow.key == batch_key, BatchRow.status == "submitting")
+                .values(status="released", last_error=error[:1000])
+            ).rowcount
+            if not updated:
+                return 0
+            return int(
+                connection.execute(
+                    update(InvoiceRow)
+                    .where(InvoiceRow.batch_key == batch_key, InvoiceRow.status == "submitted")
+                    .values(status="pending", batch_key=None, attempts=InvoiceRow.attempts - 1)
+                ).rowcount
+            )
+
+    def submitting_batches(self) -> list[BatchRow]:
+        with self.engine.connect() as connection:
+            return [
+                BatchRow(**row._mapping)
+                for row in connection.execute(
+                    select(*BatchRow.__table__.columns)
+                    .where(BatchRow.status == "submitting")
+                    .order_by(BatchRow.created_at)
+                )
+            ]
+
+    def known_api_batch_ids(self, candidates: Iterable[str]) -> set[str]:
+        ids = list(candidates)
+        if not ids:
+            return set()
+        with self.engine.connect() as connection:
+            return {
+                batch_id
+                for batch_id in connection.execute(
+                    select(BatchRow.api_batch_id).where(BatchRow.api_batch_id.in_(ids))
+                ).scalars()
+                if batch_id is not None
+            }
+
+    # ---------------------------------------------------------------- collector
+
+    def lease_due_batch(self, owner: str, now: datetime, lease: timedelta) -> BatchRow | None:
+        """Take the lease of one open batch due for a poll; None when none is due.
+
+        A lease whose holder died expires after ``lease``; then any collector
+        takes the batch over.
+        """
+        with self.engine.begin() as connection:
+            candidates = (
+                connection.execute(
+                    select(BatchRow.key)
+                    .where(
+                        BatchRow.status == "open",
+                        BatchRow.next_poll_at <= now,
+                        or_(BatchRow.lease_until.is_(None), BatchRow.lease_until < now),
+                    )
+                    .order_by(BatchRow.next_poll_at)
+                    .limit(5)
+                )
+                .scalars()
+                .all()
+            )
+            for key in candidates:
+                taken = connection.execute(
+                    update(BatchRow)
+                    .where(
+                        BatchRow.key == key,
+                        BatchRow.status == "open",
+                        or_(BatchRow.lease_until.is_(None), BatchRow.lease_until < now),
+                    )
+                    .values(lease_owner=owner, lease_until=now + lease)
+                ).rowcount
+                if taken:
+                    row = connection.execute(
+                        select(*BatchRow.__table__.columns).where(BatchRow.key == key)
+                    ).one()
+                    return BatchRow(**row._mapping)
+        return None
+
+    def renew_lease(self, batch_key: str, owner: str, until: datetime) -> bool:
+        with self.engine.begin() as connection:
+            return bool(
+                connection.execute(
+                    update(BatchRow)
+                    .where(BatchRow.key == batch_key, BatchRow.lease_owner == owner)
+                    .values(lease_until=until)
+                ).rowcount
+            )
+
+    def record_poll(
+        self,
+        batch_key: str,
+        owner: str,
+        *,
+        processing_status: str,
+        counts: BatchCounts,
+        next_poll_at: datetime,
+        ended_at: datetime | None = None,
+    ) -> None:
+        """Store what a poll saw and give the lease back."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(BatchRow)
+                .where(BatchRow.key == batch_key, BatchRow.lease_owner == owner)
+                .values(
+                    processing_status=processing_status,
+                    processing=counts.processing,
+                    succeeded=counts.succeeded,
+                    errored=counts.errored,
+                    canceled=counts.canceled,
+                    expired=counts.expired,
+                    next_poll_at=next_poll_at,
+                    polls=BatchRow.polls + 1,
+                    ended_at=ended_at,
+                    lease_owner=None,
+                    lease_until=None,
+                )
+            )
+
+    def release_lease(
+        self, batch_key: str, owner: str, next_poll_at: datetime, error: str | None = None
+    ) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(BatchRow)
+                .where(BatchRow.key == batch_key, BatchRow.lease_owner == owner)
+                .values(
+                    lease_owner=None, lease_until=None, next_poll_at=next_poll_at, last_error=error
+                )
+            )
+
+    def mark_done(self, batch_key: str, results: Sequence[DoneResult], now: datetime) -> int:
+        """Rows whose event the broker acknowledged. Guarded: a second call is a no-op."""
+        if not results:
+            return 0
+        done = 0
+        with self.engine.begin() as connection:
+            for result in results:
+                record = result.record
+                done += connection.execute(
+                    update(InvoiceRow)
+                    .where(
+                        InvoiceRow.id == result.row_id,
+                        InvoiceRow.batch_key == batch_key,
+                        InvoiceRow.status == "submitted",
+                    )
+                    .values(
+                        status="done",
+                        event_id=result.event_id,
+                        api_batch_id=record["batch_id"],
+                        department=record["department"],
+                        amount=record["amount"],
+                        currency=record["currency"],
+                        summary=record["summary"],
+                        approval_required=record["approval_required"],
+                        approval_reasons=json.dumps(record["approval_reasons"]),
+                        model=record["model"],
+                        input_tokens=result.usage.input_tokens
+                        + result.usage.cache_read_tokens
+                        + result.usage.cache_creation_tokens,
+                        output_tokens=result.usage.output_tokens,
+                        cost_usd=result.cost_usd,
+                        classified_at=record["classified_at"],
+                        published_at=now,
+                    )
+                ).rowcount
+        return done
+
+    def mark_retry(self, batch_key: str, row_ids: Sequence[int], error: str, now: datetime) -> int:
+        """Back to pending for another attempt (attempts already counts this one)."""
+        changed = 0
+        with self.engine.begin() as connection:
+            for chunk in _chunks(list(row_ids)):
+                changed += connection.execute(
+                    update(InvoiceRow)
+                    .where(
+                        InvoiceRow.id.in_(chunk),
+                        InvoiceRow.batch_key == batch_key,
+                        InvoiceRow.status == "submitted",
+                    )
+                    .values(
+                        status="pending", batch_key=None, retry_at=now, error_message=error[:500]
+                    )
+                ).rowcount
+        return changed
+
+    def mark_dlq(self, batch_key: str | None, row_ids: Sequence[int], code: str, error: str) -> int:
+        changed = 0
+        guard: list[ColumnElement[bool]] = [InvoiceRow.status.in_(["submitted", "pending"])]
+        if batch_key is not None:
+            guard.append(InvoiceRow.batch_key == batch_key)
+        with self.engine.begin() as connection:
+            for chunk in _chunks(list(row_ids)):
+                changed += connection.execute(
+                    update(InvoiceRow)
+                    .where(InvoiceRow.id.in_(chunk), and_(*guard))
+                    .values(status="dlq", error_code=code, error_message=error[:500])
+                ).rowcount
+        return changed
+
+    def unresolved_row_ids(self, batch_key: str) -> list[int]:
+        """Rows of the batch still submitted: after all results, these were missing."""
+        with self.engine.connect() as connection:
+            return list(
+                connection.execute(
+                    select(InvoiceRow.id).where(
+                        InvoiceRow.batch_key == batch_key, InvoiceRow.status == "submitted"
+                    )
+                ).scalars()
+            )
+
+    def finish_batch(
+        self, batch_key: str, owner: str, usage: Usage, cost: Decimal, now: datetime
+    ) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(BatchRow)
+                .where(BatchRow.key == batch_key)
+                .values(
+                    status="done",
+                    done_at=now,
+                    lease_owner=None,
+                    lease_until=None,
+                    input_tokens=BatchRow.input_tokens + usage.input_tokens,
+                    output_tokens=BatchRow.output_tokens + usage.output_tokens,
+                    cache_read_tokens=BatchRow.cache_read_tokens + usage.cache_read_tokens,
+                    cache_creation_tokens=BatchRow.cache_creation_tokens
+                    + usage.cache_creation_tokens,
+                    cost_usd=BatchRow.cost_usd + cost,
+                )
+            )
+
+    def open_batch_ages(self, now: datetime) -> tuple[int, float]:
+        """(open batches, age in seconds of the oldest)."""
+        with self.engine.connect() as connection:
+            count, oldest = connection.execute(
+                select(func.count(BatchRow.key), func.min(BatchRow.submitted_at)).where(
+                    BatchRow.status.in_(["open", "submitting"])
+                )
+            ).one()
+        if not oldest:
+            return int(count), 0.0
+        from invoice_batch.store.models import UTCDateTime
+
+        oldest_at = UTCDateTime().process_result_value(oldest, self.engine.dialect)
+        assert oldest_at is not None
+        return int(count), (now - oldest_at).total_seconds()
+
+    def recent_batches(self, limit: int = 20) -> list[BatchRow]:
+        with self.engine.connect() as connection:
+            return [
+                BatchRow(**row._mapping)
+                for row in connection.execute(
+                    select(*BatchRow.__table__.columns)
+                    .order_by(BatchRow.created_at.desc())
+                    .limit(limit)
+                )
+            ]
+
+
+def _claimed(row: object) -> ClaimedInvoice:
+    mapping = row._mapping  # type: ignore[attr-defined]
+    return ClaimedInvoice(
+        row_id=mapping["id"],
+        attempts=mapping["attempts"],
+        invoice=Invoice.from_json_dict(json.loads(mapping["payload"])),
+        event_time=mapping["event_time"],
+        source_key=mapping["source_key"],
+        source_value=mapping["source_value"],
+        source_topic=mapping["source_topic"],
+        source_partition=mapping["source_partition"],
+        source_offset=mapping["source_offset"],
+    )

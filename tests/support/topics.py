@@ -1,0 +1,81 @@
+"""Reading whole topics back in tests, with a real librdkafka consumer."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, Producer
+
+
+@dataclass
+class Record:
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+    partition: int
+    offset: int
+
+
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    timeout: float,
+    check: Callable[[], None] | None = None,
+    settle: float = 0.0,
+) -> list[Record]:
+    """Records from the start of ``topic`` until ``expected`` arrived (then ``settle`` s more,
+    to catch extras such as duplicates) or ``timeout`` passed."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+        }
+    )
+    consumer.subscribe([topic])
+    records: list[Record] = []
+    deadline = time.monotonic() + timeout
+    settle_until: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            if settle_until is None and len(records) >= expected:
+                settle_until = time.monotonic() + settle
+            if settle_until is not None and time.monotonic() >= settle_until:
+                break
+            if check is not None:
+                check()
+            for message in consumer.consume(500, 0.5):
+                if message.error():
+                    continue
+                records.append(
+                    Record(
+                        message.key(),
+                        message.value(),
+                        dict(message.headers() or []),
+                        message.partition(),
+                        message.offset(),
+                    )
+                )
+    finally:
+        consumer.close()
+    return records
+
+
+def produce_raw(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes | None]]) -> None:
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
+    )
+    for key, value in items:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                producer.poll(0.1)
+    assert producer.flush(30) == 0
