@@ -208,31 +208,40 @@ def find_amount(invoice: InvoiceText) -> tuple[float | int, str] | None:
     return None
 
 
-def _words(text: str) -> set[str]:
-    return set(re.findall(r"[a-z0-9]+", text.lower()))
+_PHRASES = tuple({k for ks in _KEYWORDS.values() for k in ks if " " in k})
+_SINGLE_WORDS = frozenset(k for ks in _KEYWORDS.values() for k in ks if " " not in k)
+# Stems such as "recruit" or "advert" also match longer words ("recruitment").
+_STEMS = frozenset(k for k in _SINGLE_WORDS if len(k) >= 5)
+_LONGEST_STEM = max(len(k) for k in _STEMS)
 
 
-def _score(text: str, keyword: str) -> int:
-    lowered = f" {' '.join(re.findall(r'[a-z0-9]+', text.lower()))} "
-    if " " in keyword:
-        return 3 if f" {keyword} " in lowered else 0
-    if keyword in _words(text):
-        return 1
-    # Stems such as "recruit" or "advert" also match longer words.
-    return 1 if len(keyword) >= 5 and f" {keyword}" in lowered else 0
+def _keyword_scores(text: str) -> dict[str, int]:
+    """Keyword → weight found in one text (phrase 3, word or stem 1): one pass
+    over the text's words instead of one scan per keyword."""
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    found: dict[str, int] = {}
+    for word in set(words):
+        if word in _SINGLE_WORDS:
+            found[word] = 1
+        for end in range(5, min(len(word), _LONGEST_STEM) + 1):
+            if word[:end] in _STEMS:
+                found[word[:end]] = 1
+    padded = f" {' '.join(words)} "
+    for phrase in _PHRASES:
+        if f" {phrase} " in padded:
+            found[phrase] = 3
+    return found
 
 
 def pick_department(invoice: InvoiceText) -> tuple[str, list[str]]:
+    weights: dict[str, int] = {}
+    for text, factor in ((invoice.description, 2), (invoice.supplier, 1), (invoice.raw_text, 1)):
+        for keyword, weight in _keyword_scores(text).items():
+            weights[keyword] = weights.get(keyword, 0) + factor * weight
     best, best_score, best_hits = "Other", 0, []
     for department in DEPARTMENTS:
-        hits: list[str] = []
-        score = 0
-        for keyword in _KEYWORDS.get(department, ()):
-            weight = 2 * _score(invoice.description, keyword)
-            weight += _score(invoice.supplier, keyword) + _score(invoice.raw_text, keyword)
-            if weight:
-                hits.append(keyword)
-                score += weight
+        hits = [k for k in _KEYWORDS.get(department, ()) if k in weights]
+        score = sum(weights[k] for k in hits)
         if score > best_score:
             best, best_score, best_hits = department, score, hits
     return best, best_hits
