@@ -50,6 +50,8 @@ log = get_logger("invoice_batch.consumer")
 # over many rows, small enough that a poll's work stays well under a second.
 POLL_BATCH = 1_000
 POLL_TIMEOUT = 0.5
+# How often the lag gauges are refreshed (from librdkafka's cached watermarks).
+LAG_SECONDS = 5.0
 # Pause between store probes while it is down.
 STORE_RETRY_SECONDS = 2.0
 
@@ -105,6 +107,7 @@ class ConsumerService:
         self.store_down = False
         self._failed = False
         self._next_flush_check = 0.0
+        self._next_lag_check = 0.0
 
     # -- the group membership
 
@@ -146,6 +149,7 @@ class ConsumerService:
                 if records:
                     self.process_messages(records)
                 self._maybe_flush()
+                self._observe_lag()
         finally:
             if not self._failed:
                 self._commit(asynchronous=False)
@@ -259,6 +263,28 @@ class ConsumerService:
         self.store_down = False
         self.consumer.resume(self.consumer.assignment())
         log.info("store is back; partitions resumed")
+
+    def _observe_lag(self) -> None:
+        """Records behind the high watermark, per assigned partition, every LAG_SECONDS."""
+        now = time.monotonic()
+        if now < self._next_lag_check:
+            return
+        self._next_lag_check = now + LAG_SECONDS
+        try:
+            positions = self.consumer.position(self.consumer.assignment())
+        except KafkaException:
+            return
+        for position in positions:
+            try:
+                _low, high = self.consumer.get_watermark_offsets(position, cached=True)
+            except KafkaException:
+                continue
+            if high < 0:
+                continue
+            behind = high - position.offset if position.offset >= 0 else high
+            self.metrics.consumer_lag.labels(position.topic, str(position.partition)).set(
+                max(behind, 0)
+            )
 
     def _maybe_flush(self) -> None:
         now = time.monotonic()

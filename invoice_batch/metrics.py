@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from invoice_batch.batch_requests import DEPARTMENTS
+
 # Batch latency runs from seconds (the emulator, small batches) to the API's 24 h
 # expiry; most real batches end within an hour.
 LATENCY_BUCKETS = (10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 43200, 86400)
@@ -130,3 +132,6 @@ class Metrics:
             self.retries.labels(reason)
         for outcome in ("published", "failed"):
             self.published.labels(outcome)
+        for department in DEPARTMENTS:
+            for flag in ("true", "false"):
+                self.classified.labels(department, flag)

@@ -164,7 +164,9 @@ class Settings(BaseSettings):
 
     def librdkafka(self) -> dict[str, str | int | float | bool]:
         """Common librdkafka configuration: bootstrap servers plus every KAFKA_* option."""
-        config: dict[str, str | int | float | bool] = {"bootstrap.servers": self.kafka_bootstrap_servers}
+        config: dict[str, str | int | float | bool] = {
+            "bootstrap.servers": self.kafka_bootstrap_servers
+        }
         config.update(self.kafka_options)
         return config
 
