@@ -126,6 +126,23 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    # Results kept in the store, and the morning summary
+    # Classified (done) and dead-lettered rows older than this are deleted once a day.
+    results_retention_days: int = Field(default=90, ge=1, le=36_500)
+    # USD_RATES=INR=84.2: 1 USD = 84.2 INR, to show costs in the invoices' currency.
+    usd_rates: Annotated[dict[str, Decimal], NoDecode] = Field(default_factory=dict)
+    # The collector sends the summary e-mail once a day at this local time (BATCH_TIMEZONE).
+    summary_at: time = time(6, 0)
+    summary_from: str | None = None
+    summary_to: str | None = None
+    # SUMMARY_TO_DEPARTMENTS=IT=it-ap@x.com,HR=hr@x.com: each gets its own approval queue.
+    summary_to_departments: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    smtp_host: str | None = None
+    smtp_port: int | None = Field(default=None, ge=1, le=65535)
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+
     # librdkafka pass-through, filled from KAFKA_* by load_settings (not an env var itself).
     kafka_options: dict[str, str] = Field(default_factory=dict, repr=False)
 
@@ -134,6 +151,50 @@ class Settings(BaseSettings):
     def _thresholds(cls, value: object) -> object:
         if isinstance(value, str):
             return _parse_thresholds(value)
+        return value
+
+    @field_validator("usd_rates", mode="before")
+    @classmethod
+    def _rates(cls, value: object) -> object:
+        if isinstance(value, str):
+            rates = _parse_thresholds(value)
+            if any(rate <= 0 for rate in rates.values()):
+                raise ValueError("every rate must be above zero (1 USD = RATE units)")
+            return rates
+        return value
+
+    @field_validator("summary_to_departments", mode="before")
+    @classmethod
+    def _department_addresses(cls, value: object) -> object:
+        if isinstance(value, str):
+            addresses: dict[str, str] = {}
+            for part in value.split(","):
+                if not part.strip():
+                    continue
+                department, sep, address = part.partition("=")
+                if not sep or not department.strip() or "@" not in address:
+                    raise ValueError(
+                        f"expected DEPARTMENT=address pairs like IT=it-ap@example.com, got {part!r}"
+                    )
+                addresses[department.strip()] = address.strip()
+            return addresses
+        return value
+
+    @field_validator("summary_to", "summary_from")
+    @classmethod
+    def _addresses(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        for address in value.split(","):
+            if "@" not in address:
+                raise ValueError(f"{address.strip()!r} is not an e-mail address")
+        return value
+
+    @field_validator("summary_at", mode="before")
+    @classmethod
+    def _summary_at(cls, value: object) -> object:
+        if isinstance(value, str) and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value.strip()):
+            raise ValueError(f"expected HH:MM (24 h), got {value!r}")
         return value
 
     @field_validator("batch_cutoff", mode="before")
@@ -169,6 +230,19 @@ class Settings(BaseSettings):
         }
         config.update(self.kafka_options)
         return config
+
+    @property
+    def summary_recipients(self) -> list[str]:
+        """SUMMARY_TO as a list of addresses."""
+        return [a.strip() for a in (self.summary_to or "").split(",") if a.strip()]
+
+    def smtp_configured(self) -> bool:
+        """The summary e-mail goes out only with a server, a sender and somebody to read it."""
+        return bool(
+            self.smtp_host
+            and self.summary_from
+            and (self.summary_recipients or self.summary_to_departments)
+        )
 
     def metrics_port_for(self, service: Literal["consumer", "collector"]) -> int:
         if self.metrics_port is not None:
