@@ -81,7 +81,7 @@ def _emulator_pid(port: int) -> int:
     raise RuntimeError("emulator process not found")
 
 
-def measure_big_batch(count: int = 100_000, text_chars: int = 2500) -> dict[str, Any]:
+def measure_big_batch(count: int = 100_000, text_chars: int = 2200) -> dict[str, Any]:
     body_bytes = sum(len(piece) for piece in request_body(count, text_chars))
     with running_emulator(processing_seconds=5.0) as url:
         pid = _emulator_pid(int(url.rsplit(":", 1)[1]))
@@ -123,5 +123,5 @@ def measure_big_batch(count: int = 100_000, text_chars: int = 2500) -> dict[str,
 
 if __name__ == "__main__":
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
-    text_chars = int(sys.argv[2]) if len(sys.argv) > 2 else 2500
+    text_chars = int(sys.argv[2]) if len(sys.argv) > 2 else 2200
     print(json.dumps(measure_big_batch(count, text_chars), indent=2))

@@ -19,12 +19,14 @@ from .conftest import make_client, request_log, simple_requests, wait_until_ende
 
 def test_a_restarted_emulator_continues_a_batch_mid_way(tmp_path: Path) -> None:
     state = str(tmp_path / "state")
-    with running_emulator(state_dir=state, processing_seconds=3.0) as url:
-        with make_client(url) as client:
-            batch = client.messages.batches.create(requests=simple_requests(30))
-            while client.messages.batches.retrieve(batch.id).request_counts.succeeded < 5:
-                time.sleep(0.05)
-            before = client.messages.batches.retrieve(batch.id)
+    with (
+        running_emulator(state_dir=state, processing_seconds=3.0) as url,
+        make_client(url) as client,
+    ):
+        batch = client.messages.batches.create(requests=simple_requests(30))
+        while client.messages.batches.retrieve(batch.id).request_counts.succeeded < 5:
+            time.sleep(0.05)
+        before = client.messages.batches.retrieve(batch.id)
     assert before.processing_status == "in_progress"
     with running_emulator(state_dir=state, processing_seconds=3.0) as url:
         with make_client(url) as client:
