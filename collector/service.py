@@ -38,7 +38,7 @@ from typing import Any
 
 import anthropic
 from confluent_kafka import KafkaError, Message, Producer
-from invoice_batch.schemas.codec import ClassifiedCodec
+from invoice_batch.schemas.codec import classified_codec_for
 from sqlalchemy.exc import SQLAlchemyError
 
 from invoice_batch.approval import decide_approval
@@ -128,7 +128,7 @@ class CollectorService:
         self.metrics = metrics
         self.owner = owner or default_owner()
         self.clock = clock
-        self.codec = ClassifiedCodec(settings.output_format)
+        self.codec = classified_codec_for(settings)
         self.lease = timedelta(seconds=settings.lease_seconds)
         self._delivery_errors: list[str] = []
 

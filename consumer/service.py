@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from invoice_batch.consumer.flusher import Flusher
-from invoice_batch.schemas.codec import InvoiceCodec
+from invoice_batch.schemas.codec import invoice_codec_for
 from sqlalchemy.exc import SQLAlchemyError
 
 from invoice_batch.batch_requests import request_size_bound
@@ -102,7 +102,7 @@ class ConsumerService:
         self.flusher = flusher
         self.metrics = metrics
         self.clock = clock
-        self.codec = InvoiceCodec(settings.input_format, max_text_bytes=settings.max_text_bytes)
+        self.codec = invoice_codec_for(settings)
         self.guard = InvalidRatioGuard(settings.invalid_window, settings.invalid_max_share)
         self.store_down = False
         self._failed = False

@@ -20,7 +20,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from invoice_batch.http_endpoints import EndpointServer
-from invoice_batch.kafka import DeadLetters, consumer_config, ensure_topics, producer_config
+from invoice_batch.kafka import (
+    DeadLetters,
+    consumer_config,
+    ensure_service_topics,
+    producer_config,
+)
 from invoice_batch.logs import configure_logging, get_logger, register_secrets
 from invoice_batch.metrics import Metrics
 from invoice_batch.settings import SECRET_KAFKA_KEYS, ConfigError, Settings
@@ -73,6 +78,8 @@ def _prepare(settings: Settings) -> None:
     with contextlib.suppress(ArgumentError):
         secrets.append(make_url(settings.sqlalchemy_url()).password)
     secrets += [v for k, v in settings.kafka_options.items() if k in SECRET_KAFKA_KEYS]
+    if settings.schema_registry_basic_auth_user_info is not None:
+        secrets.append(settings.schema_registry_basic_auth_user_info.get_secret_value())
     register_secrets(secrets)
 
 
@@ -141,7 +148,7 @@ def run_service(settings: Settings, service: Literal["consumer", "collector"]) -
             from invoice_batch.consumer.flusher import Flusher
             from invoice_batch.consumer.service import ConsumerService, TooManyInvalid
 
-            ensure_topics(settings, [settings.input_topic, settings.dlq_topic])
+            ensure_service_topics(settings, [settings.input_topic, settings.dlq_topic])
             consumer = Consumer(consumer_config(settings))
             flusher = Flusher(store, client, settings, metrics)
             try:
@@ -154,7 +161,7 @@ def run_service(settings: Settings, service: Literal["consumer", "collector"]) -
         else:
             from invoice_batch.collector.service import CollectorService
 
-            ensure_topics(settings, [settings.output_topic, settings.dlq_topic])
+            ensure_service_topics(settings, [settings.output_topic, settings.dlq_topic])
             CollectorService(settings, store, client, producer, dead_letters, metrics).run(stop)
     finally:
         producer.flush(settings.shutdown_timeout_seconds)

@@ -26,6 +26,8 @@ db_app = typer.Typer(help="The store schema.", no_args_is_help=True)
 config_app = typer.Typer(help="The effective settings.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
+topics_app = typer.Typer(help="The Kafka topics.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
 
 _state: dict[str, Any] = {"debug": False, "config": None}
 
@@ -184,6 +186,37 @@ def db_upgrade() -> None:
     engine = make_engine(current.sqlalchemy_url())
     upgrade_schema(engine)
     typer.echo(f"store schema is up to date: {redact_url(current.sqlalchemy_url())}")
+
+
+@topics_app.command("create")
+def topics_create(
+    partitions: Annotated[
+        int | None, typer.Option(min=1, help="Default: TOPIC_PARTITIONS (6).")
+    ] = None,
+    replication_factor: Annotated[
+        int | None,
+        typer.Option(min=-1, help="Default: TOPIC_REPLICATION_FACTOR (-1: the broker's)."),
+    ] = None,
+    retention_hours: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="Default: TOPIC_RETENTION_HOURS or the broker's."),
+    ] = None,
+) -> None:
+    """Create the input, output and DLQ topics that do not exist yet (existing ones are
+    left as they are). For clusters where the services may not create topics."""
+    from invoice_batch.kafka import ensure_topics
+
+    current = settings()
+    names = [current.input_topic, current.output_topic, current.dlq_topic]
+    created = ensure_topics(
+        current,
+        names,
+        partitions=partitions,
+        replication=replication_factor,
+        retention_hours=retention_hours,
+    )
+    for name in names:
+        typer.echo(f"{name}: {'created' if name in created else 'exists'}")
 
 
 @config_app.command("show")

@@ -40,22 +40,51 @@ def producer_config(settings: Settings) -> dict[str, Any]:
 def ensure_topics(
     settings: Settings,
     names: Iterable[str],
-    partitions: int = 1,
-    replication: int = 1,
+    partitions: int | None = None,
+    replication: int | None = None,
+    retention_hours: float | None = None,
     timeout: float = 15.0,
-) -> None:
-    """Create the topics that do not exist yet; existing ones are left alone."""
+) -> list[str]:
+    """Create the topics that do not exist yet; existing ones are left alone (their
+    partitions and settings are the operator's). Returns the names created.
+
+    Partitions, replication factor (-1: the broker's default) and retention come from
+    the arguments, else TOPIC_PARTITIONS, TOPIC_REPLICATION_FACTOR and
+    TOPIC_RETENTION_HOURS. Safe to run from several processes at once: a topic
+    another process created meanwhile counts as existing.
+    """
+    partitions = partitions or settings.topic_partitions
+    replication = replication if replication is not None else settings.topic_replication_factor
+    retention_hours = retention_hours or settings.topic_retention_hours
+    config = {"retention.ms": str(int(retention_hours * 3_600_000))} if retention_hours else {}
     admin = AdminClient(dict(settings.librdkafka()))
     existing = set(admin.list_topics(timeout=timeout).topics)
-    wanted = [NewTopic(name, partitions, replication) for name in names if name not in existing]
+    wanted = [
+        NewTopic(name, partitions, replication, config=config)
+        for name in dict.fromkeys(names)
+        if name not in existing
+    ]
     if not wanted:
-        return
-    for future in admin.create_topics(wanted, operation_timeout=timeout).values():
+        return []
+    created = []
+    for name, future in admin.create_topics(wanted, operation_timeout=timeout).items():
         try:
             future.result(timeout)
+            created.append(name)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
+    return created
+
+
+def ensure_service_topics(settings: Settings, names: Iterable[str]) -> None:
+    """Topic creation on a service's start: only with TOPICS_AUTO_CREATE (the default).
+
+    Where the service's credentials may not create topics (most managed clusters),
+    set TOPICS_AUTO_CREATE=false and create them with ``invoice-batch topics create``.
+    """
+    if settings.topics_auto_create:
+        ensure_topics(settings, names)
 
 
 class DeliveryFailed(Exception):

@@ -12,8 +12,8 @@ from confluent_kafka import KafkaError, Message, Producer
 from rich.progress import Progress
 
 from invoice_batch.invoices import InvalidMessage, validate_invoice
-from invoice_batch.kafka import ensure_topics, producer_config
-from invoice_batch.schemas.codec import InvoiceCodec
+from invoice_batch.kafka import ensure_service_topics, producer_config
+from invoice_batch.schemas.codec import invoice_codec_for
 from invoice_batch.settings import Settings
 
 # Files larger than this many lines get a progress bar on a terminal.
@@ -53,8 +53,8 @@ def produce_file(settings: Settings, path: Path, topic: str | None = None) -> in
 
         raise UsageError(f"{path}: no such file")
     topic = topic or settings.input_topic
-    ensure_topics(settings, [topic])
-    codec = InvoiceCodec(settings.input_format, max_text_bytes=settings.max_text_bytes)
+    ensure_service_topics(settings, [topic])
+    codec = invoice_codec_for(settings, topic)
     producer = Producer(producer_config(settings))
     failures: list[str] = []
 

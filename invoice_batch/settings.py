@@ -76,6 +76,19 @@ class Settings(BaseSettings):
     input_format: Literal["avro", "json"] = "avro"
     output_format: Literal["avro", "json"] = "avro"
     schema_registry_url: str | None = None
+    # Confluent Cloud's registry API key as KEY:SECRET (basic.auth.user.info).
+    schema_registry_basic_auth_user_info: SecretStr | None = None
+    # false where producers may not register schemas: the latest registered one is used.
+    schema_registry_auto_register: bool = True
+    # Raw Avro only: comma-separated .avsc files of newer writer schemas (schemas/codec.py).
+    avro_writer_schemas: str = ""
+    # Topic creation on start (consumer: input + DLQ, collector: output + DLQ), when allowed.
+    topics_auto_create: bool = True
+    topic_partitions: int = Field(default=6, ge=1)
+    # -1: the broker's default.replication.factor.
+    topic_replication_factor: int = Field(default=-1, ge=-1)
+    # Unset: the broker's retention.ms.
+    topic_retention_hours: float | None = Field(default=None, gt=0)
     # librdkafka's group session timeout; Tansu's first join waits about half of it.
     kafka_session_timeout_ms: int = Field(default=45_000, ge=1_000)
 

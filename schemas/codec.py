@@ -1,33 +1,84 @@
-"""Bytes on the topics ⇄ records: raw (schemaless) Avro with the schemas in this folder, or JSON.
+"""Bytes on the topics ⇄ records: Avro (raw, or Confluent-framed through a schema
+registry) with the schemas in this folder, or JSON.
 
-Decoding never raises anything but ``InvalidMessage``: fastavro alone raises
-EOFError, UnicodeDecodeError, IndexError, ValueError, OverflowError and more on
-bad bytes, and a poison record must reach the DLQ, not stop the consumer.
+Decoding never raises anything but ``InvalidMessage`` for a bad record: fastavro
+alone raises EOFError, UnicodeDecodeError, IndexError, ValueError, OverflowError
+and more on bad bytes, and a poison record must reach the DLQ, not stop the
+consumer. The one exception is a schema registry that cannot be reached
+(``RegistryUnavailable``): that is not the record's fault, so the consumer stops
+before committing the poll instead of sending good records to the DLQ.
+
+Which Avro bytes are read, by their first bytes:
+
+- ``00`` + 4-byte schema id: Confluent wire format. The writer schema comes from
+  the registry by id and is resolved against our reader schema, so a producer that
+  added optional fields with defaults is read without any change here. Without
+  ``SCHEMA_REGISTRY_URL`` such a record is a ``schema_mismatch``.
+- ``C3 01`` + 8-byte CRC-64-AVRO fingerprint: Avro single-object encoding. The
+  writer schema is the known schema with that fingerprint (ours, or one listed in
+  ``AVRO_WRITER_SCHEMAS``); an unknown fingerprint is a ``schema_mismatch``.
+- anything else: raw schemaless Avro. It carries no hint of its writer schema, so
+  it is read with ours, and only when that leaves bytes over (a newer writer
+  appended fields) with each schema of ``AVRO_WRITER_SCHEMAS`` in turn; the first
+  that consumes the value exactly wins. New fields must therefore be appended,
+  which is how ``invoice_event.avsc`` says fields are added.
+
+Encoding writes the Confluent wire format when a registry is configured (our
+schema registered under ``<topic>-value``), raw schemaless Avro otherwise.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+import struct
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import fastavro
+from fastavro.read import SchemaResolutionError
+from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from invoice_batch.invoices import InvalidMessage, Invoice, validate_invoice
 
+if TYPE_CHECKING:
+    from invoice_batch.settings import Settings
+
 Format = Literal["avro", "json"]
+SchemaName = Literal["invoice_event", "classified_invoice"]
+
+# Confluent wire format: magic byte 0, then the schema id as a big-endian int32.
+CONFLUENT_MAGIC = b"\x00"
+CONFLUENT_HEADER = 5
+# Avro single-object encoding (Avro spec 1.8+): C3 01, then the CRC-64-AVRO
+# fingerprint of the writer schema, little-endian.
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+SINGLE_OBJECT_HEADER = 10
+
+
+class RegistryUnavailable(Exception):
+    """The schema registry did not answer (connection error, 5xx, auth failure)."""
+
+
+def schema_text(name: SchemaName) -> str:
+    """The ``.avsc`` text shipped in this package."""
+    return resources.files(__package__).joinpath(f"{name}.avsc").read_text()
 
 
 @cache
-def load_schema(name: Literal["invoice_event", "classified_invoice"]) -> Any:
+def load_schema(name: SchemaName) -> Any:
     """The parsed Avro schema shipped in this package (``invoice_event.avsc``…)."""
-    text = resources.files(__package__).joinpath(f"{name}.avsc").read_text()
-    return fastavro.parse_schema(json.loads(text))
+    return fastavro.parse_schema(json.loads(schema_text(name)))
+
+
+def schema_fingerprint(parsed: Any) -> bytes:
+    """The 8 bytes of Avro single-object encoding that name a writer schema."""
+    return struct.pack("<Q", int(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"), 16))
 
 
 def _json_default(value: object) -> object:
@@ -44,10 +95,17 @@ def _avro_bytes(schema: Any, record: Mapping[str, object]) -> bytes:
     return buffer.getvalue()
 
 
-def _read_avro(schema: Any, value: bytes) -> dict[str, object]:
+def _read_avro(
+    writer: Any, value: bytes | memoryview, reader: Any = None, *, offset: int = 0
+) -> dict[str, object]:
     buffer = io.BytesIO(value)
+    buffer.seek(offset)
     try:
-        record = fastavro.schemaless_reader(buffer, schema, None)
+        record = fastavro.schemaless_reader(buffer, writer, reader)
+    except SchemaResolutionError as exc:
+        raise InvalidMessage(
+            "schema_mismatch", f"the writer schema does not resolve to ours: {exc}"[:300]
+        ) from None
     except Exception as exc:  # fastavro's error types are many and undocumented
         raise InvalidMessage(
             "malformed", f"not an Avro record of this schema: {type(exc).__name__}"
@@ -77,13 +135,203 @@ def _read_json(value: bytes) -> dict[str, object]:
     return record
 
 
+# ------------------------------------------------------------------ schema registry
+
+
+def registry_client(url: str, basic_auth_user_info: str | None = None) -> Any:
+    """One client per registry and process: it caches schemas by id, and every
+    ``mock://`` client is its own in-memory registry, so all codecs must share it."""
+    return _registry_client(url, basic_auth_user_info or "")
+
+
+@lru_cache(maxsize=8)
+def _registry_client(url: str, basic_auth_user_info: str) -> Any:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    config: dict[str, str] = {"url": url}
+    if basic_auth_user_info:
+        config["basic.auth.credentials.source"] = "USER_INFO"
+        config["basic.auth.user.info"] = basic_auth_user_info
+    return SchemaRegistryClient.new_client(config)
+
+
+class RegistryAvro:
+    """Confluent wire format for one topic's values.
+
+    Encoding goes through confluent-kafka's ``AvroSerializer``, which registers our
+    schema under ``<topic>-value`` on first use (or, with auto-registration off,
+    uses the subject's latest version). Decoding takes the writer schema by id from
+    the registry client (cached by id after the first fetch) and resolves it against
+    ours with fastavro, as ``AvroDeserializer`` does, but also rejects bytes left
+    over after the record: ``AvroDeserializer`` ignores them, so a value framed with
+    the wrong schema id would otherwise decode as silent garbage.
+    """
+
+    def __init__(
+        self, client: Any, topic: str, name: SchemaName, *, auto_register: bool = True
+    ) -> None:
+        from confluent_kafka.schema_registry.avro import AvroSerializer
+        from confluent_kafka.serialization import MessageField, SerializationContext
+
+        self.client = client
+        self.topic = topic
+        self.reader = load_schema(name)
+        self._serializer = AvroSerializer(
+            client,
+            schema_text(name),
+            conf={"auto.register.schemas": auto_register, "use.latest.version": not auto_register},
+        )
+        self._context = SerializationContext(topic, MessageField.VALUE)
+        self._writers: dict[int, Any] = {}
+
+    def encode(self, record: Mapping[str, object]) -> bytes:
+        try:
+            value = self._serializer(dict(record), self._context)
+        except Exception as exc:
+            _raise_if_unreachable(exc)
+            raise
+        assert value is not None
+        return bytes(value)
+
+    def decode(self, value: bytes) -> dict[str, object]:
+        (schema_id,) = struct.unpack(">I", value[1:CONFLUENT_HEADER])
+        return _read_avro(self._writer(schema_id), value, self.reader, offset=CONFLUENT_HEADER)
+
+    def _writer(self, schema_id: int) -> Any:
+        writer = self._writers.get(schema_id)
+        if writer is not None:
+            return writer
+        try:
+            schema = self.client.get_schema(schema_id)
+        except Exception as exc:
+            _raise_if_unreachable(exc)
+            if getattr(exc, "http_status_code", None) == 404:
+                raise InvalidMessage(
+                    "schema_mismatch", f"schema id {schema_id} is not in the registry"
+                ) from None
+            raise InvalidMessage(
+                "schema_mismatch", f"schema id {schema_id}: {type(exc).__name__}"
+            ) from None
+        if schema.schema_type not in (None, "AVRO"):
+            raise InvalidMessage(
+                "schema_mismatch", f"schema id {schema_id} is {schema.schema_type}, not Avro"
+            )
+        try:
+            writer = fastavro.parse_schema(json.loads(schema.schema_str))
+        except Exception as exc:
+            raise InvalidMessage(
+                "schema_mismatch", f"schema id {schema_id} does not parse: {type(exc).__name__}"
+            ) from None
+        # Schemas under an id never change (the registry's contract), so this never goes
+        # stale; its size is bounded by the schema versions producers actually use.
+        self._writers[schema_id] = writer
+        return writer
+
+
+def _raise_if_unreachable(exc: Exception) -> None:
+    """Registry outages are not the record's fault: raise RegistryUnavailable for them."""
+    import httpx
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    if isinstance(exc, SchemaRegistryError):
+        status = exc.http_status_code
+        if status is not None and (status >= 500 or status in (401, 403, 408, 429) or status < 0):
+            raise RegistryUnavailable(f"schema registry answered {status}") from None
+    if isinstance(exc, httpx.HTTPError | OSError):
+        raise RegistryUnavailable(f"schema registry unreachable: {type(exc).__name__}") from None
+
+
+# ------------------------------------------------------------------ Avro of one schema
+
+
+class AvroValues:
+    """Avro values of one of our schemas, in every framing we accept (module doc)."""
+
+    def __init__(
+        self,
+        name: SchemaName,
+        *,
+        registry: RegistryAvro | None = None,
+        writer_schemas: Sequence[Any] = (),
+    ) -> None:
+        self.schema = load_schema(name)
+        self.registry = registry
+        self.writer_schemas = list(writer_schemas)
+        known = [self.schema, *self.writer_schemas]
+        self._by_fingerprint = {schema_fingerprint(s): s for s in known}
+
+    def encode(self, record: Mapping[str, object]) -> bytes:
+        if self.registry is not None:
+            return self.registry.encode(record)
+        return _avro_bytes(self.schema, record)
+
+    def decode(self, value: bytes) -> dict[str, object]:
+        if value[:1] == CONFLUENT_MAGIC and len(value) > CONFLUENT_HEADER:
+            if self.registry is None:
+                schema_id = struct.unpack(">I", value[1:CONFLUENT_HEADER])[0]
+                raise InvalidMessage(
+                    "schema_mismatch",
+                    f"framed for a schema registry (schema id {schema_id}) "
+                    "but SCHEMA_REGISTRY_URL is not set",
+                )
+            return self.registry.decode(value)
+        if value[:2] == SINGLE_OBJECT_MAGIC and len(value) >= SINGLE_OBJECT_HEADER:
+            writer = self._by_fingerprint.get(value[2:SINGLE_OBJECT_HEADER])
+            if writer is None:
+                raise InvalidMessage(
+                    "schema_mismatch",
+                    f"unknown writer schema fingerprint {value[2:SINGLE_OBJECT_HEADER].hex()}; "
+                    "list its .avsc in AVRO_WRITER_SCHEMAS",
+                )
+            return _read_avro(writer, value, self.schema, offset=SINGLE_OBJECT_HEADER)
+        try:
+            return _read_avro(self.schema, value)
+        except InvalidMessage as first:
+            # Only a value with bytes left over can be a newer writer's appended fields.
+            if first.code != "schema_mismatch" or not self.writer_schemas:
+                raise
+            for writer in self.writer_schemas:
+                try:
+                    return _read_avro(writer, value, self.schema)
+                except InvalidMessage:
+                    continue
+            raise
+
+
+def load_writer_schemas(paths: str) -> list[Any]:
+    """Parse the ``.avsc`` files of ``AVRO_WRITER_SCHEMAS`` (comma-separated paths)."""
+    from invoice_batch.settings import ConfigError
+
+    schemas = []
+    for raw in paths.split(","):
+        if not raw.strip():
+            continue
+        path = Path(raw.strip())
+        try:
+            schemas.append(fastavro.parse_schema(json.loads(path.read_text())))
+        except (OSError, ValueError, fastavro.schema.SchemaParseException) as exc:
+            raise ConfigError(f"AVRO_WRITER_SCHEMAS: {path}: {exc}") from None
+    return schemas
+
+
+# ------------------------------------------------------------------ the codecs
+
+
 class InvoiceCodec:
     """InvoiceEvent bytes ⇄ Invoice. ``decode`` validates; ``encode`` is for producers."""
 
-    def __init__(self, fmt: Format, *, max_text_bytes: int) -> None:
+    def __init__(
+        self,
+        fmt: Format,
+        *,
+        max_text_bytes: int,
+        registry: RegistryAvro | None = None,
+        writer_schemas: Sequence[Any] = (),
+    ) -> None:
         self.format = fmt
         self.max_text_bytes = max_text_bytes
-        self._schema = load_schema("invoice_event")
+        self._avro = AvroValues("invoice_event", registry=registry, writer_schemas=writer_schemas)
+        self._schema = self._avro.schema
 
     def decode(self, value: bytes | None, *, timestamp: datetime | None = None) -> Invoice:
         if not value:
@@ -91,7 +339,7 @@ class InvoiceCodec:
         # A value far over every text cap is rejected before parsing it.
         if len(value) > 4 * self.max_text_bytes + 4096:
             raise InvalidMessage("text_too_large", f"the record is {len(value)} bytes")
-        record = _read_avro(self._schema, value) if self.format == "avro" else _read_json(value)
+        record = self._avro.decode(value) if self.format == "avro" else _read_json(value)
         return validate_invoice(record, max_text_bytes=self.max_text_bytes, event_time=timestamp)
 
     def encode(self, record: Mapping[str, object]) -> bytes:
@@ -107,7 +355,7 @@ class InvoiceCodec:
             fields["event_time"] = datetime.fromisoformat(str(fields["event_time"]))
         for name in ("supplier", "description"):
             fields.setdefault(name, "")
-        return _avro_bytes(self._schema, fields)
+        return self._avro.encode(fields)
 
     def encode_invoice(self, invoice: Invoice) -> bytes:
         return self.encode(invoice.to_json_dict())
@@ -116,20 +364,57 @@ class InvoiceCodec:
 class ClassifiedCodec:
     """ClassifiedInvoice records ⇄ bytes on the output topic."""
 
-    def __init__(self, fmt: Format) -> None:
+    def __init__(self, fmt: Format, *, registry: RegistryAvro | None = None) -> None:
         self.format = fmt
-        self._schema = load_schema("classified_invoice")
+        self._avro = AvroValues("classified_invoice", registry=registry)
+        self._schema = self._avro.schema
 
     def encode(self, record: Mapping[str, object]) -> bytes:
         if self.format == "json":
             return json.dumps(dict(record), default=_json_default, separators=(",", ":")).encode()
-        return _avro_bytes(self._schema, record)
+        return self._avro.encode(record)
 
     def decode(self, value: bytes) -> dict[str, object]:
         if self.format == "json":
             return _read_json(value)
-        record = _read_avro(self._schema, value)
+        record = self._avro.decode(value)
         classified_at = record.get("classified_at")
         if isinstance(classified_at, datetime) and classified_at.tzinfo is None:
             record["classified_at"] = classified_at.replace(tzinfo=UTC)
         return record
+
+
+# ------------------------------------------------------------------ wiring
+
+
+def registry_for(settings: Settings, topic: str, name: SchemaName) -> RegistryAvro | None:
+    """The registry framing for ``topic``'s values, or None without SCHEMA_REGISTRY_URL."""
+    if not settings.schema_registry_url:
+        return None
+    auth = settings.schema_registry_basic_auth_user_info
+    client = registry_client(
+        settings.schema_registry_url, auth.get_secret_value() if auth else None
+    )
+    return RegistryAvro(client, topic, name, auto_register=settings.schema_registry_auto_register)
+
+
+def invoice_codec_for(settings: Settings, topic: str | None = None) -> InvoiceCodec:
+    """The codec of InvoiceEvent values on ``topic`` (default INPUT_TOPIC), as configured."""
+    topic = topic or settings.input_topic
+    avro = settings.input_format == "avro"
+    return InvoiceCodec(
+        settings.input_format,
+        max_text_bytes=settings.max_text_bytes,
+        registry=registry_for(settings, topic, "invoice_event") if avro else None,
+        writer_schemas=load_writer_schemas(settings.avro_writer_schemas) if avro else (),
+    )
+
+
+def classified_codec_for(settings: Settings, topic: str | None = None) -> ClassifiedCodec:
+    """The codec of ClassifiedInvoice values on ``topic`` (default OUTPUT_TOPIC)."""
+    topic = topic or settings.output_topic
+    avro = settings.output_format == "avro"
+    return ClassifiedCodec(
+        settings.output_format,
+        registry=registry_for(settings, topic, "classified_invoice") if avro else None,
+    )
