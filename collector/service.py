@@ -119,6 +119,7 @@ class CollectorService:
         metrics: Metrics,
         owner: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        daily_tasks: Callable[[datetime], None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -131,12 +132,17 @@ class CollectorService:
         self.codec = classified_codec_for(settings)
         self.lease = timedelta(seconds=settings.lease_seconds)
         self._delivery_errors: list[str] = []
+        # Retention and the morning summary (invoice_batch.daily): called once per loop
+        # pass; it returns at once unless something is due, and never raises.
+        self.daily_tasks = daily_tasks
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 worked = self.collect_once(stop)
                 self._observe_open()
+                if self.daily_tasks is not None:
+                    self.daily_tasks(self.clock())
             except SQLAlchemyError as exc:
                 log.warning("store unavailable", error=type(exc).__name__)
                 worked = False

@@ -162,7 +162,15 @@ def run_service(settings: Settings, service: Literal["consumer", "collector"]) -
             from invoice_batch.collector.service import CollectorService
 
             ensure_service_topics(settings, [settings.output_topic, settings.dlq_topic])
-            CollectorService(settings, store, client, producer, dead_letters, metrics).run(stop)
+            from invoice_batch.collector.service import default_owner
+            from invoice_batch.daily import DailyTasks
+            from invoice_batch.store.reporting import OperationsStore
+
+            owner = default_owner()
+            daily = DailyTasks(settings, OperationsStore(store.engine), owner)
+            CollectorService(
+                settings, store, client, producer, dead_letters, metrics, owner, daily_tasks=daily
+            ).run(stop)
     finally:
         producer.flush(settings.shutdown_timeout_seconds)
         server.stop()

@@ -109,6 +109,7 @@ class InvoiceRow(Base):
         UniqueConstraint("invoice_id", "content_hash", name="uq_invoices_invoice_id_content"),
         Index("ix_invoices_status_id", "status", "id"),
         Index("ix_invoices_batch_key", "batch_key"),
+        Index("ix_invoices_classified_at", "classified_at"),
     )
 
     id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
@@ -145,3 +146,44 @@ class InvoiceRow(Base):
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error_code: Mapped[str | None] = mapped_column(String(32))
     error_message: Mapped[str | None] = mapped_column(Text)
+
+
+SummaryStatus = Literal["sending", "sent", "failed", "unknown"]
+
+
+class SummarySendRow(Base):
+    """One morning summary e-mail per local date and audience, claimed before it is sent.
+
+    The primary key is what makes "at most once a day" hold across restarts and
+    several collectors: only the process whose INSERT succeeds sends.
+    """
+
+    __tablename__ = "summary_sends"
+
+    local_date: Mapped[str] = mapped_column(String(10), primary_key=True)
+    # "all" for SUMMARY_TO, "department:IT" for a department's own approval queue.
+    audience: Mapped[str] = mapped_column(String(80), primary_key=True)
+    status: Mapped[str] = mapped_column(String(12))
+    attempts: Mapped[int] = mapped_column(Integer)
+    owner: Mapped[str] = mapped_column(String(80))
+    recipients: Mapped[str] = mapped_column(Text)
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class DlqReplayRow(Base):
+    """A DLQ record sent back to the input topic, keyed by where it first came from."""
+
+    __tablename__ = "dlq_replays"
+
+    source_topic: Mapped[str] = mapped_column(String(255), primary_key=True)
+    source_partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source_offset: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    dlq_topic: Mapped[str] = mapped_column(String(255))
+    dlq_partition: Mapped[int] = mapped_column(Integer)
+    dlq_offset: Mapped[int] = mapped_column(BigInteger)
+    error_code: Mapped[str] = mapped_column(String(32))
+    replayed_to: Mapped[str] = mapped_column(String(255))
+    replayed_at: Mapped[datetime] = mapped_column(UTCDateTime)
