@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 
 import anyio.to_thread
 
-from .config import ConfigError, FaultSettings, HttpFault
+from .config import ConfigError, EmulatorConfig, FaultSettings, HttpFault
 from .faults import FaultState
 from .ingest import MAX_BODY_BYTES, BodyAborted, BodyPipe, CreateRejected, ingest_create
 from .outcomes import terminal_line
@@ -179,7 +179,7 @@ class EmulatorApp:
         config_api_key: str | None,
         faults: FaultState,
         salt: str,
-        config: Any,
+        config: EmulatorConfig,
         on_ready: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
@@ -188,7 +188,6 @@ class EmulatorApp:
         self.salt = salt
         self.config = config
         self.on_ready = on_ready
-        self._create_lock = asyncio.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -18,7 +18,7 @@ def test_a_10000_request_batch_is_accepted_processed_and_streamed(tmp_path: Path
         response = httpx.post(
             f"{url}/v1/messages/batches",
             headers=raw_headers(),
-            content=request_body(10_000, text_chars=2000),
+            content=request_body(10_000, text_chars=600),
             timeout=120,
         )
         assert response.status_code == 200, response.text
