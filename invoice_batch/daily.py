@@ -85,5 +85,5 @@ class DailyTasks:
                 )
         # Sent here or by another collector: done for today. A failed send ("wait" for
         # others, "failed" here) is asked about again at the next check.
-        if all(o.result in ("sent", "taken") for o in outcomes):
+        if all(o.result in ("sent", "already_sent", "taken") for o in outcomes):
             self._summary_done_for = today

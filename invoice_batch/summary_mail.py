@@ -35,7 +35,7 @@ from email.utils import formatdate, make_msgid
 
 from invoice_batch.report import Report, build_report, headline, render_text, text_sections, title
 from invoice_batch.settings import Settings
-from invoice_batch.store.reporting import OperationsStore, SendClaim
+from invoice_batch.store.reporting import OperationsStore
 
 # Failed sends are retried this many times in a day, RETRY_AFTER apart: a mail
 # server down for half an hour still gets the summary out the same morning.
@@ -58,7 +58,8 @@ class Audience:
 class SendOutcome:
     audience: str
     recipients: list[str]
-    result: SendClaim | str
+    # sent | failed (this call), already_sent | taken | wait (see claim_summary)
+    result: str
     error: str | None = None
 
 
@@ -186,7 +187,8 @@ def send_daily_summary(
                 max_attempts=MAX_SEND_ATTEMPTS,
             )
             if claim != "claimed":
-                outcomes.append(SendOutcome(audience.name, audience.recipients, claim))
+                result = "already_sent" if claim == "sent" else claim
+                outcomes.append(SendOutcome(audience.name, audience.recipients, result))
                 continue
         error = None
         try:
