@@ -230,14 +230,17 @@ class RegistryAvro:
 
 def _raise_if_unreachable(exc: Exception) -> None:
     """Registry outages are not the record's fault: raise RegistryUnavailable for them."""
-    import httpx
     from confluent_kafka.schema_registry.error import SchemaRegistryError
 
     if isinstance(exc, SchemaRegistryError):
         status = exc.http_status_code
         if status is not None and (status >= 500 or status in (401, 403, 408, 429) or status < 0):
             raise RegistryUnavailable(f"schema registry answered {status}") from None
-    if isinstance(exc, httpx.HTTPError | OSError):
+    # The client's HTTP library (httpx, or its vendored httpx2) raises TransportError
+    # subclasses for connection failures and timeouts; match by name, not by module.
+    if isinstance(exc, OSError) or any(
+        cls.__name__ == "TransportError" for cls in type(exc).__mro__
+    ):
         raise RegistryUnavailable(f"schema registry unreachable: {type(exc).__name__}") from None
 
 
