@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import html
 import smtplib
+import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -130,12 +131,20 @@ def send_message(settings: Settings, message: EmailMessage) -> None:
     port = settings.smtp_port or DEFAULT_PORTS[settings.smtp_security]
     context = ssl.create_default_context()
     smtp: smtplib.SMTP
+    # The plain host name for EHLO: smtplib's default (getfqdn) can wait seconds on DNS.
+    helo = socket.gethostname()
     if settings.smtp_security == "tls":
         smtp = smtplib.SMTP_SSL(
-            settings.smtp_host, port, timeout=SMTP_TIMEOUT_SECONDS, context=context
+            settings.smtp_host,
+            port,
+            local_hostname=helo,
+            timeout=SMTP_TIMEOUT_SECONDS,
+            context=context,
         )
     else:
-        smtp = smtplib.SMTP(settings.smtp_host, port, timeout=SMTP_TIMEOUT_SECONDS)
+        smtp = smtplib.SMTP(
+            settings.smtp_host, port, local_hostname=helo, timeout=SMTP_TIMEOUT_SECONDS
+        )
     with smtp:
         if settings.smtp_security == "starttls":
             smtp.starttls(context=context)

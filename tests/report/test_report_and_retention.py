@@ -91,6 +91,7 @@ def test_the_report_counts_departments_sums_amounts_per_currency_and_lists_the_q
     }
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_department_report_keeps_only_that_departments_invoices_and_queue(
     ops: OperationsStore,
 ) -> None:
