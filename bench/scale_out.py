@@ -24,7 +24,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,10 +238,10 @@ def measure(invoice_count: int, partitions: int, of_each: int, workdir: Path, ur
     return elapsed
 
 
-def _postgres_database() -> Iterator[str]:
+def _postgres_database() -> Generator[str, None, None]:
     from tests.conftest import _postgres_database as fresh_database
 
-    return fresh_database()
+    yield from fresh_database()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,7 +48,7 @@ GOOD = {
 
 def newer_invoice_schema() -> dict[str, Any]:
     """What an upstream team ships next: an optional field with a default, appended."""
-    schema = json.loads(schema_text("invoice_event"))
+    schema: dict[str, Any] = json.loads(schema_text("invoice_event"))
     schema["fields"].append({"name": "po_number", "type": ["null", "string"], "default": None})
     return schema
 
@@ -318,7 +318,7 @@ def test_consumer_and_collector_speak_the_registry_wire_format_end_to_end(
             engine.dispose()
     reader = classified_codec_for(current)
     records = [reader.decode(r.value) for r in out]
-    assert all(r.value[0] == 0 for r in out), "results carry the registry framing"
+    assert all(r.value and r.value[0] == 0 for r in out), "results carry the registry framing"
     assert sorted(str(r["invoice_id"]) for r in records) == [f"INV-R{i:03d}" for i in range(20)]
     assert [r.headers["error.code"] for r in dlq] == [b"schema_mismatch"]
     assert client.get_latest_version(f"{current.output_topic}-value").schema_id > 0

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from invoice_batch.schemas.codec import ClassifiedCodec
@@ -70,7 +71,7 @@ def done_count(run: ScaleRun) -> int:
         )
 
 
-def assert_exactly_once(run: ScaleRun, sent: list[dict[str, object]], out: list) -> None:
+def assert_exactly_once(run: ScaleRun, sent: list[dict[str, object]], out: list[Any]) -> None:
     codec = ClassifiedCodec("avro")
     records = [codec.decode(r.value) for r in out]
     ids = Counter(str(r["invoice_id"]) for r in records)

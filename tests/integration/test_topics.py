@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
 from invoice_batch.broker import free_port, wait_for_port
 from invoice_batch.kafka import consumer_config, ensure_service_topics, producer_config
