@@ -43,6 +43,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from invoice_batch.approval import decide_approval
 from invoice_batch.batch_requests import row_id_from
+from invoice_batch.crash_points import crash_point
 from invoice_batch.kafka import DeadLetters, DeliveryFailed
 from invoice_batch.logs import get_logger
 from invoice_batch.metrics import Metrics
@@ -69,6 +70,10 @@ log = get_logger("invoice_batch.collector")
 # crash's re-publish window small while a flush still carries hundreds of records.
 CHUNK = 500
 IDLE_WAIT_SECONDS = 1.0
+
+
+class Stopping(Exception):
+    """Shutdown was requested while a batch was being collected."""
 
 
 class PublishFailed(Exception):
@@ -196,7 +201,7 @@ class CollectorService:
             return True
         try:
             self.collect_batch(batch, api_batch, counts, stop)
-        except (PublishFailed, DeliveryFailed, anthropic.APIError) as exc:
+        except (PublishFailed, DeliveryFailed, Stopping, anthropic.APIError) as exc:
             log.warning(
                 "collecting the batch failed; will try again",
                 batch_id=batch.api_batch_id,
@@ -239,6 +244,9 @@ class CollectorService:
             seen.add(row_id)
             chunk.append((row_id, result_body(item.result)))
             if len(chunk) >= CHUNK:
+                if stop is not None and stop.is_set():
+                    raise Stopping("stop requested mid-results; the lease is handed back")
+                crash_point("collect.mid_results")
                 chunk_usage, chunk_cost = self._process_chunk(batch, chunk)
                 usage, cost, chunk = usage + chunk_usage, cost + chunk_cost, []
                 if time.monotonic() - lease_renewed > self.lease.total_seconds() / 3:
@@ -351,6 +359,7 @@ class CollectorService:
                 f"{remaining} unacknowledged, {len(errors)} failed: "
                 f"{errors[0] if errors else 'timeout'}"
             )
+        crash_point("collect.after_publish")
         # Step 5.
         self.store.mark_done(batch.key, done, self.clock())
         self.metrics.published.labels("published").inc(len(done))

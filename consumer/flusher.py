@@ -34,6 +34,7 @@ import anthropic
 from invoice_batch.consumer.flush_policy import FlushDecision, FlushPolicy, Trigger, decide_flush
 
 from invoice_batch.batch_requests import build_request, custom_id_for
+from invoice_batch.crash_points import crash_point
 from invoice_batch.logs import get_logger
 from invoice_batch.metrics import Metrics
 from invoice_batch.settings import Settings
@@ -155,6 +156,7 @@ class Flusher:
         )
         if not claimed:
             return None
+        crash_point("submit.after_claim")
         requests = [
             build_request(
                 row.invoice,
@@ -197,6 +199,7 @@ class Flusher:
             return None
         finally:
             del requests
+        crash_point("submit.after_create")
         self.store.record_created(
             batch_key, batch.id, self.clock(), self.clock() + FIRST_POLL_DELAY
         )

@@ -37,6 +37,7 @@ from invoice_batch.schemas.codec import invoice_codec_for
 from sqlalchemy.exc import SQLAlchemyError
 
 from invoice_batch.batch_requests import request_size_bound
+from invoice_batch.crash_points import crash_point
 from invoice_batch.invoices import InvalidMessage
 from invoice_batch.kafka import DeadLetters, DeliveryFailed
 from invoice_batch.logs import get_logger
@@ -115,6 +116,7 @@ class ConsumerService:
         log.info("partitions assigned", partitions=[p.partition for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        crash_point("consume.on_revoke")
         # Every stored offset belongs to a committed poll (the loop finishes a poll
         # before the next one), so committing them here is always safe.
         if not self._failed:
@@ -203,6 +205,7 @@ class ConsumerService:
         except (SQLAlchemyError, DeliveryFailed) as exc:
             self._rewind_and_pause(messages, exc)
             return
+        crash_point("consume.after_db_commit")
         for message in messages:  # 5
             self.consumer.store_offsets(message=message)
         self._commit(asynchronous=True)  # 6

@@ -7,6 +7,7 @@ shutdown as a whole gets one deadline (SHUTDOWN_TIMEOUT_SECONDS).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -54,9 +55,42 @@ def open_store(settings: Settings) -> Store:
     return Store(engine)
 
 
-def install_stop_handlers(stop: threading.Event) -> None:
+class ShutdownDeadline:
+    """One time budget for the whole shutdown, started by the first stop signal.
+
+    Every step after the signal (finishing the current poll or chunk, the final
+    offset commit, the producer flush) takes its timeout from ``remaining()``. If
+    the budget runs out anyway, a watchdog ends the process: what is durable was
+    committed at a protocol step, so this is no worse than ``kill -9``.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._ends_at: float | None = None
+
+    def start(self) -> None:
+        if self._ends_at is not None:
+            return
+        self._ends_at = time.monotonic() + self.seconds
+        watchdog = threading.Timer(self.seconds, self._expire)
+        watchdog.daemon = True
+        watchdog.start()
+
+    def remaining(self, default: float) -> float:
+        if self._ends_at is None:
+            return default
+        return max(0.0, self._ends_at - time.monotonic())
+
+    def _expire(self) -> None:
+        log.error("shutdown took longer than its deadline; exiting", seconds=self.seconds)
+        os._exit(1)
+
+
+def install_stop_handlers(stop: threading.Event, deadline: ShutdownDeadline | None = None) -> None:
     def handler(signum: int, _frame: object) -> None:
         log.info("stop requested", signal=signal.Signals(signum).name)
+        if deadline is not None:
+            deadline.start()
         stop.set()
 
     signal.signal(signal.SIGTERM, handler)
@@ -133,7 +167,8 @@ def run_service(settings: Settings, service: Literal["consumer", "collector"]) -
     producer = Producer(producer_config(settings))
     dead_letters = DeadLetters(producer, settings.dlq_topic)
     stop = threading.Event()
-    install_stop_handlers(stop)
+    deadline = ShutdownDeadline(settings.shutdown_timeout_seconds)
+    install_stop_handlers(stop, deadline)
     probe = ApiProbe(client)
 
     def broker_check() -> None:
@@ -172,7 +207,7 @@ def run_service(settings: Settings, service: Literal["consumer", "collector"]) -
                 settings, store, client, producer, dead_letters, metrics, owner, daily_tasks=daily
             ).run(stop)
     finally:
-        producer.flush(settings.shutdown_timeout_seconds)
+        producer.flush(deadline.remaining(settings.shutdown_timeout_seconds))
         server.stop()
         store.engine.dispose()
     log.info(f"{service} stopped")

@@ -79,3 +79,19 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"sqlite:///{tmp_path / 'store.db'}"
     else:
         yield from _postgres_database()
+
+
+@pytest.fixture()
+def database_url_postgres_available() -> None:
+    """Skip (or fail under CI=true) when the PostgreSQL server is not reachable."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    engine = create_engine(POSTGRES_URL)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        unavailable(f"PostgreSQL is not reachable at {POSTGRES_URL}: {str(exc).splitlines()[0]}")
+    finally:
+        engine.dispose()

@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, Engine, and_, func, insert, or_, select, t
 from sqlalchemy.dialects import postgresql, sqlite
 
 from invoice_batch.consumer.flush_policy import BufferState
+from invoice_batch.crash_points import crash_point
 from invoice_batch.invoices import Invoice
 from invoice_batch.pricing import Usage
 from invoice_batch.store.models import BatchRow, InvoiceRow
@@ -118,17 +119,15 @@ class Store:
         if not values:
             return 0, len(rows)
         dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-        statement = (
-            dialect_insert(InvoiceRow)
-            .on_conflict_do_nothing(index_elements=["invoice_id", "content_hash"])
-            .returning(InvoiceRow.id)
+        # One executemany without RETURNING: both drivers count the rows actually
+        # inserted (a conflict counts 0), and it is several times faster than
+        # multi-row VALUES ... RETURNING, which the consumer paid on every poll.
+        statement = dialect_insert(InvoiceRow).on_conflict_do_nothing(
+            index_elements=["invoice_id", "content_hash"]
         )
-        accepted = 0
-        batch = list(values.values())
         with self.engine.begin() as connection:
-            for start in range(0, len(batch), CHUNK // 4):
-                result = connection.execute(statement, batch[start : start + CHUNK // 4])
-                accepted += len(result.all())
+            accepted = int(connection.execute(statement, list(values.values())).rowcount)
+            crash_point("consume.before_db_commit")
         return accepted, len(rows) - accepted
 
     def buffer_state(self) -> BufferState:

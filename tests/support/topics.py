@@ -79,3 +79,58 @@ def produce_raw(bootstrap: str, topic: str, items: list[tuple[bytes | None, byte
             except BufferError:
                 producer.poll(0.1)
     assert producer.flush(30) == 0
+
+
+def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Record]:
+    """Every record now on ``topic``, read by partition assignment (no group join):
+    from the low to the high watermark of each partition."""
+    from confluent_kafka import TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout)
+        partitions = list(metadata.topics[topic].partitions) if topic in metadata.topics else []
+        ends: dict[int, int] = {}
+        starts = []
+        for partition in partitions:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=timeout
+            )
+            if high > low:
+                ends[partition] = high
+                starts.append(TopicPartition(topic, partition, low))
+        consumer.assign(starts)
+        records: list[Record] = []
+        done: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(done) < len(ends) and time.monotonic() < deadline:
+            for message in consumer.consume(1000, 0.5):
+                if message.error():
+                    continue
+                partition, offset = message.partition(), message.offset()
+                assert partition is not None and offset is not None
+                records.append(
+                    Record(
+                        message.key(),
+                        message.value(),
+                        dict(message.headers() or []),
+                        partition,
+                        offset,
+                    )
+                )
+                if offset + 1 >= ends[partition]:
+                    done.add(partition)
+        if len(done) < len(ends):
+            raise TimeoutError(
+                f"read {len(records)} records of {topic}; not all partitions reached their end"
+            )
+        return records
+    finally:
+        consumer.close()

@@ -1,0 +1,28 @@
+"""The short chaos run of `make test`, so the harness behind `make chaos` cannot rot.
+
+Real processes killed at every kind of crash point and at random, the broker
+frozen, API fault storms; then no invoice lost, none published twice, none paid
+for twice.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.chaos.harness import Plan, run
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_kills_and_faults_lose_nothing_duplicate_nothing_and_pay_once(
+    store: str, tmp_path, request: pytest.FixtureRequest
+) -> None:
+    if store == "postgresql":
+        request.getfixturevalue("database_url_postgres_available")
+    plan = Plan(
+        store=store, invoices=800, kills=8, broker_pause_seconds=3, restart_postgres=False, seed=11
+    )
+    outcome = run(plan, tmp_path)
+    print(f"\n{outcome.line()} store={store} seconds={outcome.seconds:.0f}")
+    assert outcome.kills >= plan.kills
+    assert outcome.sent == 800 and outcome.classified > 700
+    assert (outcome.lost, outcome.duplicates, outcome.double_submits) == (0, 0, 0), outcome.notes
