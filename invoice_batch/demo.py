@@ -46,6 +46,7 @@ class Pipeline:
     collector_metrics_port: int
     env: dict[str, str]
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    broker: subprocess.Popen[bytes] | None = None
 
     def start_service(
         self, name: str, command: str, extra_env: Mapping[str, str] | None = None
@@ -147,6 +148,7 @@ def running_pipeline(
             consumer_metrics_port=consumer_port,
             collector_metrics_port=collector_port,
             env=env,
+            broker=broker,
         )
         stack.callback(lambda: [pipeline.stop_service(n) for n in list(pipeline.processes)])
         from invoice_batch.kafka import ensure_topics
