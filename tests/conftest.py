@@ -95,3 +95,10 @@ def database_url_postgres_available() -> None:
         unavailable(f"PostgreSQL is not reachable at {POSTGRES_URL}: {str(exc).splitlines()[0]}")
     finally:
         engine.dispose()
+
+
+@pytest.fixture()
+def _postgres_url_for_proxy() -> Iterator[list[str]]:
+    """A fresh PostgreSQL database, as a one-element list (for tests that route it)."""
+    for url in _postgres_database():
+        yield [url]
