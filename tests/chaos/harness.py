@@ -159,7 +159,9 @@ class Services:
         self.env = env
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.kills = 0
+        self.kinds: Counter[str] = Counter()
         self.starts: Counter[str] = Counter()
+        self._log_offsets: dict[str, int] = {}
 
     def start(self, name: str, crash_at: str | None = None) -> subprocess.Popen[bytes]:
         command = "consume" if name == "consumer" else "collect"
@@ -167,7 +169,9 @@ class Services:
         if crash_at:
             env["INVOICE_BATCH_CRASH_AT"] = crash_at
         self.starts[name] += 1
-        log = (self.workdir / f"{name}.log").open("ab")
+        log_path = self.workdir / f"{name}.log"
+        self._log_offsets[name] = log_path.stat().st_size if log_path.exists() else 0
+        log = log_path.open("ab")
         process = subprocess.Popen(
             [sys.executable, "-m", "invoice_batch", command],
             env=env,
@@ -179,19 +183,36 @@ class Services:
         self.processes[name] = process
         return process
 
+    def wait_started(self, name: str, timeout: float = 30) -> bool:
+        """Until the process logged that it started (so a kill hits a working service)."""
+        log_path = self.workdir / f"{name}.log"
+        marker = f'"event": "{name} starting"'.encode()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with log_path.open("rb") as log:
+                log.seek(self._log_offsets.get(name, 0))
+                if marker in log.read():
+                    return True
+            if self.processes[name].poll() is not None:
+                return False
+            time.sleep(0.1)
+        return False
+
     def ensure_running(self, name: str) -> None:
         process = self.processes.get(name)
         if process is None or process.poll() is not None:
             self.start(name)
 
-    def sigkill(self, name: str) -> None:
+    def sigkill(self, name: str, kind: str = "random") -> None:
         process = self.processes.get(name)
         if process is not None and process.poll() is None:
             process.kill()
             process.wait(10)
             self.kills += 1
+            self.kinds[kind] += 1
 
-    def wait_dead(self, name: str, timeout: float) -> bool:
+    def wait_dead(self, name: str, timeout: float, kind: str) -> bool:
+        """True if the process died by itself (at its crash point) within ``timeout``."""
         process = self.processes[name]
         try:
             process.wait(timeout)
@@ -199,6 +220,7 @@ class Services:
             return False
         if process.returncode == -signal.SIGKILL:
             self.kills += 1
+            self.kinds[kind] += 1
         return True
 
     def stop_all(self) -> None:
@@ -374,12 +396,15 @@ def run(plan: Plan, workdir: Path) -> Outcome:
         services.start("collector")
 
         records, valid, poison = make_invoices(plan.invoices, plan.seed, plan.poison_share)
-        chunks = [records[i : i + 100] for i in range(0, len(records), 100)]
+        chunks = [records[i : i + 50] for i in range(0, len(records), 50)]
+        # Invoices keep arriving for as long as the kills go on (about 6 s a kill), so
+        # the consumer's crash points are reached all through the run.
+        interval = max(0.05, plan.kills * 6.0 / len(chunks))
 
         def feed() -> None:
             for chunk in chunks:
                 produce_raw(bootstrap, "invoices", chunk)
-                time.sleep(0.05)
+                time.sleep(interval)
 
         feeder = threading.Thread(target=feed, daemon=True)
         feeder.start()
@@ -403,28 +428,35 @@ def run(plan: Plan, workdir: Path) -> Outcome:
                 ]
                 point = rng.choice([p for p in points if p != "consume.on_revoke"])
                 services.sigkill(target)
-                services.start(target, crash_at=f"{point}@{rng.randint(1, 3)}")
-                if not services.wait_dead(target, timeout=rng.uniform(4, 10)):
-                    services.sigkill(target)  # the point was not reached in time: a random kill
+                services.start(target, crash_at=f"{point}@{rng.randint(1, 2)}")
+                if not services.wait_dead(target, timeout=25, kind=point):
+                    # Not reached in time (no batch ended, say): kill it anyway.
+                    services.kinds[f"missed {point}"] += 1
+                    services.sigkill(target, "random")
                 services.start(target)
+                services.wait_started(target)
             elif action == "random_kill":
-                time.sleep(rng.uniform(0.2, 3.0))
-                services.sigkill(target)
+                time.sleep(rng.uniform(0.5, 4.0))
+                services.sigkill(target, "random")
                 services.start(target)
+                services.wait_started(target)
             elif action == "revoke":
                 services.sigkill("consumer")
                 services.start("consumer", crash_at="consume.on_revoke")
-                time.sleep(rng.uniform(4, 6))
+                services.wait_started("consumer")
+                time.sleep(rng.uniform(3, 6))  # joined the group, assigned
                 services.processes["consumer"].terminate()
-                if not services.wait_dead("consumer", 12):
-                    services.sigkill("consumer")
+                if not services.wait_dead("consumer", 12, kind="consume.on_revoke"):
+                    services.sigkill("consumer", "random")
                 services.start("consumer")
+                services.wait_started("consumer")
             elif action == "storm":
                 set_faults(emulator_url, STORM_HTTP_FAULTS)
                 time.sleep(rng.uniform(2, 5))
                 set_faults(emulator_url, BASELINE_HTTP_FAULTS)
-                services.sigkill(target)
+                services.sigkill(target, "storm")
                 services.start(target)
+                services.wait_started(target)
             elif action == "broker_pause":
                 broker.send_signal(signal.SIGSTOP)
                 time.sleep(plan.broker_pause_seconds)
@@ -466,6 +498,9 @@ def run(plan: Plan, workdir: Path) -> Outcome:
         duplicates = sum(1 for count in out_keys.values() if count > 1)
         submits, offenders = double_submits(emulator_url)
         notes.extend(offenders[:5])
+        notes.append(
+            "kills by kind: " + ", ".join(f"{k}={v}" for k, v in sorted(services.kinds.items()))
+        )
         return Outcome(
             sent=len(records),
             classified=len(set(out_keys) & valid),
