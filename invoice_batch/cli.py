@@ -202,10 +202,11 @@ def status(
 
     $ invoice-batch status --json | jq '.batches[0]'
     """
+    current = settings()
+    store = checked_store(current)
     from invoice_batch.status import show_status
 
-    current = settings()
-    show_status(current, checked_store(current), as_json=as_json, limit=limit, watch=watch)
+    show_status(current, store, as_json=as_json, limit=limit, watch=watch)
 
 
 @app.command()
@@ -220,16 +221,24 @@ def flush(
 
     $ invoice-batch flush --now
     """
+    from invoice_batch.preflight import require_api_key
+
+    current = settings()
+    require_api_key(current)
+    store = checked_store(current)
+
     import anthropic
     from prometheus_client import CollectorRegistry
 
     from invoice_batch.bootstrap import anthropic_client
     from invoice_batch.consumer.flusher import Flusher
+    from invoice_batch.logs import configure_logging
     from invoice_batch.metrics import Metrics
 
-    current = settings()
+    # The flusher's log lines go to stderr; stdout carries only the result line.
+    configure_logging(current.log_level, current.log_format)
     client = anthropic_client(current)
-    flusher = Flusher(checked_store(current), client, current, Metrics(CollectorRegistry()))
+    flusher = Flusher(store, client, current, Metrics(CollectorRegistry()))
     try:
         created = flusher.flush_all("manual") if now else flusher.flush_due()
     except anthropic.APIError as exc:
@@ -246,11 +255,15 @@ def cancel(batch_id: Annotated[str, typer.Argument(help="The API batch id (msgba
 
     $ invoice-batch cancel msgbatch_01JE1rdHow1puFkuwUBB9vum
     """
+    from invoice_batch.preflight import require_api_key
+
+    current = settings()
+    require_api_key(current)
+
     import anthropic
 
     from invoice_batch.bootstrap import anthropic_client
 
-    current = settings()
     try:
         batch = anthropic_client(current).messages.batches.cancel(batch_id)
     except anthropic.APIError as exc:
@@ -559,7 +572,11 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode, click returns a command's typer.Exit code instead of
+        # raising it: pass it on, or every `raise typer.Exit(1)` would exit 0.
+        returned = app(args=argv, standalone_mode=False)
+        if isinstance(returned, int) and not isinstance(returned, bool) and returned:
+            sys.exit(returned)
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
     except (ConfigError, UsageError) as exc:

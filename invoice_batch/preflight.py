@@ -44,6 +44,12 @@ def check_broker(settings: Settings, timeout: float = BROKER_TIMEOUT_SECONDS) ->
         raise ConfigError(f"KAFKA_BOOTSTRAP_SERVERS: {detail}") from None
 
 
+def require_api_key(settings: Settings) -> None:
+    """Before importing the SDK (seconds on a busy machine): fail fast without a key."""
+    if settings.anthropic_api_key is None:
+        raise ConfigError("ANTHROPIC_API_KEY: required to call the Message Batches API")
+
+
 def _without_password(message: str, url: str) -> str:
     try:
         password = make_url(url).password

@@ -332,8 +332,8 @@ def text_sections(report: Report) -> list[tuple[str, list[str], list[list[str]]]
                         b.line.status,
                         f"{b.line.succeeded}/{b.line.requests}"
                         + (
-                            f" ({b.line.errored + b.line.canceled + b.line.expired} failed)"
-                            if b.line.errored + b.line.canceled + b.line.expired
+                            f" ({b.line.requests - b.line.succeeded} retried or DLQ)"
+                            if b.line.status == "done" and b.line.succeeded < b.line.requests
                             else ""
                         ),
                         duration(b.latency),
@@ -361,7 +361,9 @@ def render_text(report: Report) -> str:
             out.append("  (none)")
             continue
         widths = [min(60, max(len(c), *(len(r[i]) for r in rows))) for i, c in enumerate(columns)]
-        out.append("  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+        out.append(
+            "  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()
+        )
         for row in rows:
             out.append(
                 "  "
@@ -516,6 +518,10 @@ def to_json_dict(report: Report) -> dict[str, Any]:
                 "model": b.line.model,
                 "requests": b.line.requests,
                 "succeeded": b.line.succeeded,
+                # Requests not classified in this batch: retried later or dead-lettered.
+                "failed": b.line.requests - b.line.succeeded
+                if b.line.status == "done"
+                else b.line.errored + b.line.canceled + b.line.expired,
                 "errored": b.line.errored,
                 "canceled": b.line.canceled,
                 "expired": b.line.expired,

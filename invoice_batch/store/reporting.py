@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Literal
@@ -206,6 +206,27 @@ class OperationsStore:
                     .order_by(BatchRow.created_at)
                 )
             ]
+            # The batch row's counts are what the last poll before "ended" saw; for a
+            # finished batch count its classified rows instead (a retried row leaves
+            # its batch, a classified one keeps it).
+            finished_keys = [b.key for b in batches if b.status == "done"]
+            classified_per_batch: dict[str, int] = {}
+            for start in range(0, len(finished_keys), 500):
+                classified_per_batch.update(
+                    (str(key), int(count))
+                    for key, count in connection.execute(
+                        select(InvoiceRow.batch_key, func.count(InvoiceRow.id))
+                        .where(
+                            InvoiceRow.batch_key.in_(finished_keys[start : start + 500]),
+                            InvoiceRow.status == "done",
+                        )
+                        .group_by(InvoiceRow.batch_key)
+                    )
+                )
+        batches = [
+            replace(b, succeeded=classified_per_batch.get(b.key, 0)) if b.status == "done" else b
+            for b in batches
+        ]
         return ReportRows(classified, dlq, int(awaiting_retry), batches)
 
     # ---------------------------------------------------------------- retention
