@@ -25,15 +25,17 @@ flight is never mistaken for a lost one.
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import IO, Any
 
 import anthropic
+from anthropic.types.messages import MessageBatch
 from invoice_batch.consumer.flush_policy import FlushDecision, FlushPolicy, Trigger, decide_flush
 
-from invoice_batch.batch_requests import build_request, custom_id_for
+from invoice_batch.batch_requests import custom_id_for, encode_request
 from invoice_batch.crash_points import crash_point
 from invoice_batch.logs import get_logger
 from invoice_batch.metrics import Metrics
@@ -157,17 +159,9 @@ class Flusher:
         if not claimed:
             return None
         crash_point("submit.after_claim")
-        requests = [
-            build_request(
-                row.invoice,
-                custom_id=custom_id_for(row.row_id, row.attempts),
-                model=self.settings.claude_model,
-                max_tokens=self.settings.claude_max_tokens,
-            )
-            for row in self.store.iter_batch_invoices(batch_key)
-        ]
+        body = self._write_body(batch_key)
         try:
-            batch = self.client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+            batch = self._create(body)
         except anthropic.APIStatusError as exc:
             self.metrics.api_errors.labels("create", _error_type(exc)).inc()
             if exc.status_code in NOT_CREATED_STATUSES:
@@ -198,7 +192,7 @@ class Flusher:
             )
             return None
         finally:
-            del requests
+            body.close()
         crash_point("submit.after_create")
         self.store.record_created(
             batch_key, batch.id, self.clock(), self.clock() + FIRST_POLL_DELAY
@@ -213,6 +207,48 @@ class Flusher:
             requests=claimed,
         )
         return batch.id
+
+    def _write_body(self, batch_key: str) -> IO[bytes]:
+        """Step 2: the create body, one request per claimed row, in a temporary file.
+
+        Rows stream from the store and each request is serialized as it is built, so
+        memory stays flat whatever the batch size (a list of 100,000 request dicts
+        and its 400 MB JSON text took gigabytes). The bytes are exactly what the SDK
+        would send for ``create(requests=[build_request(...), ...])``.
+        """
+        # Closed by the caller once the create returned (or here, on a failure).
+        body = tempfile.TemporaryFile(prefix="invoice-batch-create-", buffering=1 << 20)  # noqa: SIM115
+        try:
+            body.write(b'{"requests": [')
+            separator = b""
+            for row in self.store.iter_batch_invoices(batch_key):
+                body.write(separator)
+                body.write(
+                    encode_request(
+                        row.invoice,
+                        custom_id=custom_id_for(row.row_id, row.attempts),
+                        model=self.settings.claude_model,
+                        max_tokens=self.settings.claude_max_tokens,
+                    ).encode("ascii")
+                )
+                separator = b", "
+            body.write(b"]}")
+            body.seek(0)
+        except BaseException:
+            body.close()
+            raise
+        return body
+
+    def _create(self, body: IO[bytes]) -> MessageBatch:
+        """Step 3 through the SDK's client (its auth, headers, timeout and error types):
+        the same POST that ``messages.batches.create`` makes, with the body streamed
+        from the file and its Content-Length from the file's size."""
+        return self.client.post(
+            "/v1/messages/batches",
+            cast_to=MessageBatch,
+            content=body,
+            options={"headers": {"Content-Type": "application/json"}},
+        )
 
     def reconcile(self) -> None:
         """Resolve ``submitting`` batches older than the grace: adopt or release."""

@@ -14,7 +14,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, Engine, and_, func, insert, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from invoice_batch.consumer.flush_policy import BufferState
@@ -119,14 +130,20 @@ class Store:
         if not values:
             return 0, len(rows)
         dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-        # One executemany without RETURNING: both drivers count the rows actually
-        # inserted (a conflict counts 0), and it is several times faster than
-        # multi-row VALUES ... RETURNING, which the consumer paid on every poll.
         statement = dialect_insert(InvoiceRow).on_conflict_do_nothing(
             index_elements=["invoice_id", "content_hash"]
         )
+        batch = list(values.values())
         with self.engine.begin() as connection:
-            accepted = int(connection.execute(statement, list(values.values())).rowcount)
+            if self._dialect == "sqlite":
+                # One executemany without RETURNING: sqlite3 counts the rows really
+                # inserted (a conflict counts 0); no 500-row VALUES chunks to build.
+                accepted = int(connection.execute(statement, batch).rowcount)
+            else:
+                # psycopg reports no total rowcount for executemany: count RETURNING
+                # rows (SQLAlchemy sends them as multi-row VALUES pages).
+                result = connection.execute(statement.returning(InvoiceRow.id), batch)
+                accepted = len(result.all())
             crash_point("consume.before_db_commit")
         return accepted, len(rows) - accepted
 
@@ -427,38 +444,56 @@ class Store:
         """Rows whose event the broker acknowledged. Guarded: a second call is a no-op."""
         if not results:
             return 0
-        done = 0
+        # One UPDATE run as executemany: building a statement per row cost
+        # ~10 ms per 500-row chunk, most of the collector's time.
+        statement = (
+            update(InvoiceRow)
+            .where(
+                InvoiceRow.id == bindparam("b_row_id"),
+                InvoiceRow.batch_key == batch_key,
+                InvoiceRow.status == "submitted",
+            )
+            .values(
+                status="done",
+                event_id=bindparam("b_event_id"),
+                api_batch_id=bindparam("b_batch_id"),
+                department=bindparam("b_department"),
+                amount=bindparam("b_amount"),
+                currency=bindparam("b_currency"),
+                summary=bindparam("b_summary"),
+                approval_required=bindparam("b_approval_required"),
+                approval_reasons=bindparam("b_approval_reasons"),
+                model=bindparam("b_model"),
+                input_tokens=bindparam("b_input_tokens"),
+                output_tokens=bindparam("b_output_tokens"),
+                cost_usd=bindparam("b_cost_usd"),
+                classified_at=bindparam("b_classified_at"),
+                published_at=now,
+            )
+        )
+        params = [
+            {
+                "b_row_id": result.row_id,
+                "b_event_id": result.event_id,
+                "b_batch_id": result.record["batch_id"],
+                "b_department": result.record["department"],
+                "b_amount": result.record["amount"],
+                "b_currency": result.record["currency"],
+                "b_summary": result.record["summary"],
+                "b_approval_required": result.record["approval_required"],
+                "b_approval_reasons": json.dumps(result.record["approval_reasons"]),
+                "b_model": result.record["model"],
+                "b_input_tokens": result.usage.input_tokens
+                + result.usage.cache_read_tokens
+                + result.usage.cache_creation_tokens,
+                "b_output_tokens": result.usage.output_tokens,
+                "b_cost_usd": result.cost_usd,
+                "b_classified_at": result.record["classified_at"],
+            }
+            for result in results
+        ]
         with self.engine.begin() as connection:
-            for result in results:
-                record = result.record
-                done += connection.execute(
-                    update(InvoiceRow)
-                    .where(
-                        InvoiceRow.id == result.row_id,
-                        InvoiceRow.batch_key == batch_key,
-                        InvoiceRow.status == "submitted",
-                    )
-                    .values(
-                        status="done",
-                        event_id=result.event_id,
-                        api_batch_id=record["batch_id"],
-                        department=record["department"],
-                        amount=record["amount"],
-                        currency=record["currency"],
-                        summary=record["summary"],
-                        approval_required=record["approval_required"],
-                        approval_reasons=json.dumps(record["approval_reasons"]),
-                        model=record["model"],
-                        input_tokens=result.usage.input_tokens
-                        + result.usage.cache_read_tokens
-                        + result.usage.cache_creation_tokens,
-                        output_tokens=result.usage.output_tokens,
-                        cost_usd=result.cost_usd,
-                        classified_at=record["classified_at"],
-                        published_at=now,
-                    )
-                ).rowcount
-        return done
+            return int(connection.execute(statement, params).rowcount)
 
     def mark_retry(self, batch_key: str, row_ids: Sequence[int], error: str, now: datetime) -> int:
         """Back to pending for another attempt (attempts already counts this one)."""
