@@ -226,9 +226,10 @@ def test_dlq_replay_after_a_fix_classifies_the_record_once_and_skips_classified_
         "currency": "INR",
     }
     produce_raw(pipeline.bootstrap, topics["INPUT_TOPIC"], [(b"AP-2001", codec.encode(too_long))])
-    # A copy of an invoice that was classified (AP-1001, input offset 0), as the
-    # collector would dead-letter it, to prove a replay does not classify it twice.
-    [original] = read_topic(pipeline.bootstrap, topics["INPUT_TOPIC"], 1, 30)[:1]
+    # A copy of an invoice that was classified (AP-1001), as the collector would
+    # dead-letter it, to prove a replay does not classify it twice.
+    sent = read_topic(pipeline.bootstrap, topics["INPUT_TOPIC"], 11, 30)
+    [original] = [r for r in sent if r.key == b"AP-1001"]
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": pipeline.bootstrap})
@@ -240,7 +241,7 @@ def test_dlq_replay_after_a_fix_classifies_the_record_once_and_skips_classified_
             ("error.code", b"max_attempts"),
             ("error.message", b"3 attempts failed"),
             ("source.topic", topics["INPUT_TOPIC"].encode()),
-            ("source.partition", b"0"),
+            ("source.partition", str(original.partition).encode()),
             ("source.offset", str(original.offset).encode()),
         ],
     )
@@ -253,7 +254,8 @@ def test_dlq_replay_after_a_fix_classifies_the_record_once_and_skips_classified_
     assert set(records) == {"text_too_large", "max_attempts"}
     assert records["text_too_large"]["key"] == "AP-2001"
     assert records["text_too_large"]["replayed"] is False
-    shown = cli(pipeline, "dlq", "show", str(records["text_too_large"]["offset"]))
+    bad = records["text_too_large"]
+    shown = cli(pipeline, "dlq", "show", str(bad["offset"]), "--partition", str(bad["partition"]))
     assert shown.returncode == 0, shown.stderr
     detail = json.loads(shown.stdout)
     assert detail["headers"]["error.code"] == "text_too_large"
@@ -268,8 +270,14 @@ def test_dlq_replay_after_a_fix_classifies_the_record_once_and_skips_classified_
     )
     replayed = cli(pipeline, "dlq", "replay", "--all")
     assert replayed.returncode == 0, replayed.stderr
-    print(listed.stdout, replayed.stdout)
     assert replayed.stdout.startswith("replayed 2 records to " + topics["INPUT_TOPIC"])
+    wait_for(
+        lambda: count_rows(pipeline, invoice_id="AP-2001", status="pending") == 1,
+        pipeline,
+        60,
+        "the replayed invoice accepted",
+    )
+    assert cli(pipeline, "flush", "--now").returncode == 0
     wait_for(
         lambda: count_rows(pipeline, invoice_id="AP-2001", status="done") == 1,
         pipeline,
