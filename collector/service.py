@@ -275,7 +275,9 @@ class CollectorService:
                 ],
             )
         now = self.clock()
-        self.store.finish_batch(batch.key, self.owner, usage, cost, now)
+        self.store.finish_batch(
+            batch.key, self.owner, usage, cost, now, counts=counts, ended_at=api_batch.ended_at
+        )
         if api_batch.ended_at is not None:
             self.metrics.batch_latency.observe(
                 (api_batch.ended_at - api_batch.created_at).total_seconds()

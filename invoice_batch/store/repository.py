@@ -539,8 +539,18 @@ class Store:
             )
 
     def finish_batch(
-        self, batch_key: str, owner: str, usage: Usage, cost: Decimal, now: datetime
+        self,
+        batch_key: str,
+        owner: str,
+        usage: Usage,
+        cost: Decimal,
+        now: datetime,
+        *,
+        counts: BatchCounts,
+        ended_at: datetime | None,
     ) -> None:
+        """The batch is collected: its final request counts, when the API ended it,
+        and the usage and cost of the results processed in this pass."""
         with self.engine.begin() as connection:
             connection.execute(
                 update(BatchRow)
@@ -548,6 +558,13 @@ class Store:
                 .values(
                     status="done",
                     done_at=now,
+                    processing_status="ended",
+                    processing=counts.processing,
+                    succeeded=counts.succeeded,
+                    errored=counts.errored,
+                    canceled=counts.canceled,
+                    expired=counts.expired,
+                    ended_at=ended_at,
                     lease_owner=None,
                     lease_until=None,
                     input_tokens=BatchRow.input_tokens + usage.input_tokens,

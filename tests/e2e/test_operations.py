@@ -164,3 +164,20 @@ def test_secrets_never_appear_in_logs_metrics_dlq_or_errors(
         for secret in secrets:
             assert secret not in text, f"a secret appears in the {place}"
     time.sleep(0)
+
+
+def test_collected_batches_keep_their_final_counts_and_end_time(pipeline: Pipeline) -> None:
+    from invoice_batch.store.repository import Store
+    from invoice_batch.store.schema import make_engine
+
+    store = Store(make_engine(pipeline.database_url))
+    batches = [b for b in store.recent_batches(10) if b.status == "done"]
+    store.engine.dispose()
+    assert batches
+    assert sum(b.succeeded for b in batches) == len(GOOD)
+    for batch in batches:
+        assert batch.processing_status == "ended" and batch.processing == 0
+        assert batch.ended_at is not None and batch.submitted_at is not None
+        assert (
+            batch.succeeded + batch.errored + batch.canceled + batch.expired == batch.request_count
+        )
