@@ -37,10 +37,15 @@ format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: install tools lint ## everything CI runs: lint, unit, integration, e2e, short chaos and bench
-	$(BIN)/python -m pytest -q
+# Most test time is spent waiting on real services (group joins, batch processing), so
+# three workers fit two cores; each test file runs in one worker (module fixtures).
+TEST_WORKERS ?= 3
 
-chaos: install ## the full chaos run on SQLite and PostgreSQL (200+ kills)
+test: install tools lint ## everything CI runs: lint, unit, integration, e2e, short chaos and bench
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+chaos: install ## the long runs: slow tests (20,000-invoice scale-out, 100k emulator) and the full chaos run (200+ kills per store)
+	$(BIN)/python -m pytest -q -m slow
 	$(BIN)/python -m tests.chaos.harness --full
 
 bench: install ## the benchmark suite; writes bench/results.json

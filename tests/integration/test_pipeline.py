@@ -102,7 +102,7 @@ def test_poison_records_go_to_the_dlq_with_codes_and_good_ones_are_still_classif
     codec = InvoiceCodec("avro", max_text_bytes=32768)
     good = invoices(20)
     poison: list[tuple[bytes | None, bytes | None, str]] = [
-        (b"bad-1", b"\x00\x01garbage", "malformed"),
+        (b"bad-1", b"\xff\x01garbage", "malformed"),
         (b"bad-2", b"", "empty_record"),
         (
             b"bad-3",
