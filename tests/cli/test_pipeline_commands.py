@@ -273,7 +273,8 @@ def test_dlq_replay_after_a_fix_classifies_the_record_once_and_skips_classified_
     assert replayed.returncode == 0, replayed.stderr
     # The DLQ is at-least-once: a record dead-lettered twice is replayed once and the
     # second copy counted as already replayed.
-    assert re.match(r"replayed [12] records to " + re.escape(topics["INPUT_TOPIC"]), replayed.stdout)
+    replayed_to = r"replayed [12] records to " + re.escape(topics["INPUT_TOPIC"])
+    assert re.match(replayed_to, replayed.stdout)
     wait_for(
         lambda: count_rows(pipeline, invoice_id="AP-2001", status="pending") == 1,
         pipeline,
