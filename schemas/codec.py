@@ -29,6 +29,7 @@ schema registered under ``<topic>-value``), raw schemaless Avro otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import struct
@@ -271,6 +272,10 @@ class AvroValues:
     def decode(self, value: bytes) -> dict[str, object]:
         if value[:1] == CONFLUENT_MAGIC and len(value) > CONFLUENT_HEADER:
             if self.registry is None:
+                # Raw Avro starts with 0x00 too when invoice_id is empty: read it as
+                # raw first, so such a record gets its real reason (missing_field).
+                with contextlib.suppress(InvalidMessage):
+                    return _read_avro(self.schema, value)
                 schema_id = struct.unpack(">I", value[1:CONFLUENT_HEADER])[0]
                 raise InvalidMessage(
                     "schema_mismatch",
