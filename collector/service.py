@@ -31,6 +31,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -312,11 +313,12 @@ class CollectorService:
         rejected: list[tuple[ClaimedInvoice, str]] = []
         usage = Usage()
         cost = Decimal(0)
+        result_types: Counter[str] = Counter()
         for row_id, body in chunk:
             row = rows.get(row_id)
             if row is None:
                 continue  # already final: a previous pass handled it
-            self.metrics.batch_results.labels(_result_type(body)).inc()
+            result_types[_result_type(body)] += 1
             outcome = decide_outcome(body)
             row_usage = getattr(outcome, "usage", Usage())
             price = price_for(body.model) if isinstance(body, Succeeded) else None
@@ -343,6 +345,7 @@ class CollectorService:
                         model=model,
                         batch_id=batch.api_batch_id,
                         classified_at=now,
+                        content_hash=row.content_hash,
                     )
                     self._produce(row.invoice.invoice_id, self.codec.encode(record))
                     done.append(
@@ -352,6 +355,9 @@ class CollectorService:
                     failed.append((row, reason, detail))
                 case Reject(detail=detail):
                     rejected.append((row, detail))
+        # Counters once per chunk and label, not once per row.
+        for result_type, count in result_types.items():
+            self.metrics.batch_results.labels(result_type).inc(count)
         # Step 4: every record of the chunk acknowledged, or nothing is marked.
         remaining = self.producer.flush(self.settings.shutdown_timeout_seconds * 3)
         errors, self._delivery_errors = self._delivery_errors, []
@@ -365,14 +371,18 @@ class CollectorService:
         # Step 5.
         self.store.mark_done(batch.key, done, self.clock())
         self.metrics.published.labels("published").inc(len(done))
+        classified: Counter[tuple[str, str]] = Counter()
+        observe_end_to_end = self.metrics.end_to_end.observe
         for result in done:
             record = result.record
-            self.metrics.classified.labels(
+            classified[
                 str(record["department"]), "true" if record["approval_required"] else "false"
-            ).inc()
-            row = rows[result.row_id]
-            if row.event_time is not None:
-                self.metrics.end_to_end.observe((now - row.event_time).total_seconds())
+            ] += 1
+            event_time = rows[result.row_id].event_time
+            if event_time is not None:
+                observe_end_to_end((now - event_time).total_seconds())
+        for (department, needs_approval), count in classified.items():
+            self.metrics.classified.labels(department, needs_approval).inc(count)
         for row, detail in rejected:
             self._dead_letter(row, "model_rejected", detail)
         self.dead_letters.flush()
