@@ -101,6 +101,10 @@ class Plan:
     restart_postgres: bool
     seed: int
     poison_share: float = 0.02
+    # Emulated seconds per real second: 24 h expiry after 86400/time_scale s, results
+    # archived after 29 times that. The run must end before the archive (4320: 20 s and
+    # 9.7 min; 600: 2.4 min and 70 min).
+    time_scale: float = 4320
 
 
 @dataclass
@@ -348,7 +352,7 @@ def run(plan: Plan, workdir: Path) -> Outcome:
                 "--processing-seconds",
                 "1.5",
                 "--time-scale",
-                "4320",
+                str(plan.time_scale),
                 *EMULATOR_OUTCOME_FAULTS,
                 *[arg for spec in BASELINE_HTTP_FAULTS for arg in ("--http-fault", spec)],
             ],
@@ -544,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
             broker_pause_seconds=30 if args.full else 4,
             restart_postgres=args.full and store == "postgresql",
             seed=args.seed,
+            time_scale=600 if args.full else 4320,
         )
         with contextlib.ExitStack() as stack:
             workdir = (
