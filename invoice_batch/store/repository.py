@@ -270,14 +270,12 @@ class Store:
                     InvoiceRow.status == "pending", InvoiceRow.retry_at.is_not(None)
                 )
             ).scalar()
-        from invoice_batch.store.models import UTCDateTime
-
-        to_utc = UTCDateTime().process_result_value
+        # min() of a UTCDateTime column comes back through the same type: aware UTC.
         return BufferState(
             pending_count=int(count),
             pending_bytes=int(size),
-            oldest_received_at=to_utc(oldest, self.engine.dialect) if oldest else None,
-            oldest_retry_at=to_utc(oldest_retry, self.engine.dialect) if oldest_retry else None,
+            oldest_received_at=oldest,
+            oldest_retry_at=oldest_retry,
         )
 
     def claim_batch(
@@ -712,11 +710,7 @@ class Store:
             ).one()
         if not oldest:
             return int(count), 0.0
-        from invoice_batch.store.models import UTCDateTime
-
-        oldest_at = UTCDateTime().process_result_value(oldest, self.engine.dialect)
-        assert oldest_at is not None
-        return int(count), (now - oldest_at).total_seconds()
+        return int(count), (now - oldest).total_seconds()
 
     def recent_batches(self, limit: int = 20) -> list[BatchRow]:
         with self.engine.connect() as connection:
