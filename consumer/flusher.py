@@ -33,7 +33,13 @@ from typing import IO, Any
 
 import anthropic
 from anthropic.types.messages import MessageBatch
-from invoice_batch.consumer.flush_policy import FlushDecision, FlushPolicy, Trigger, decide_flush
+from invoice_batch.consumer.flush_policy import (
+    FlushDecision,
+    FlushPolicy,
+    Trigger,
+    decide_flush,
+    next_cutoff,
+)
 
 from invoice_batch.batch_requests import custom_id_for, encode_request
 from invoice_batch.crash_points import crash_point
@@ -129,8 +135,6 @@ class Flusher:
         self.metrics.buffer_pending_bytes.set(size)
         self.metrics.buffer_oldest_age.set((now - oldest).total_seconds() if oldest else 0)
         if self.policy.cutoff is not None:
-            from invoice_batch.consumer.flush_policy import next_cutoff
-
             self.metrics.next_cutoff.set(
                 next_cutoff(now, self.policy.cutoff, self.policy.zone).timestamp()
             )

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+from tests.support.deploy_files import DASHBOARD, DEPLOY, RULE_FILES
 from tests.support.prometheus import iter_panels, iter_rules
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 README = DEPLOY / "README.md"
-RULE_FILES = [
-    DEPLOY / "prometheus" / "rules" / "recording.yml",
-    DEPLOY / "prometheus" / "rules" / "alerts.yml",
-]
-DASHBOARD = DEPLOY / "grafana" / "dashboards" / "invoice-batch.json"
 
 
 def readme() -> str:

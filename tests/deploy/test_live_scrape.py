@@ -14,12 +14,18 @@ import importlib
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
+from tests.support.deploy_files import (
+    COLLECTOR_JOB,
+    CONFIG,
+    CONSUMER_JOB,
+    DASHBOARD,
+    RULE_FILES,
+)
 from tests.support.invoice_metrics import MAY_BE_ABSENT
 from tests.support.prometheus import (
     dashboard_expressions,
@@ -30,17 +36,6 @@ from tests.support.prometheus import (
     vector_selectors,
     wait_for_series,
 )
-
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
-RULE_FILES = [
-    DEPLOY / "prometheus" / "rules" / "recording.yml",
-    DEPLOY / "prometheus" / "rules" / "alerts.yml",
-]
-DASHBOARD = DEPLOY / "grafana" / "dashboards" / "invoice-batch.json"
-
-CONSUMER_JOB = "invoice-batch-consumer"
-COLLECTOR_JOB = "invoice-batch-collector"
 
 # After the last invoice is published, the collector's next scrape comes within
 # 1 s; the rest is slack for a busy machine.

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.process_collector import ProcessCollector
 
+from tests.support.deploy_files import CONFIG, CONSUMER_JOB, DASHBOARD, RULE_FILES
 from tests.support.prometheus import (
     PrometheusError,
     dashboard_expressions,
@@ -19,16 +20,6 @@ from tests.support.prometheus import (
     running_prometheus,
     wait_for_series,
 )
-
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
-RULE_FILES = [
-    DEPLOY / "prometheus" / "rules" / "recording.yml",
-    DEPLOY / "prometheus" / "rules" / "alerts.yml",
-]
-DASHBOARD = DEPLOY / "grafana" / "dashboards" / "invoice-batch.json"
-
-CONSUMER_JOB = "invoice-batch-consumer"
 
 
 @pytest.fixture(scope="module")

@@ -10,33 +10,11 @@ from pathlib import Path
 
 from invoice_batch.schemas.codec import ClassifiedCodec, InvoiceCodec
 
+from bench.scale_out import invoices  # the same generated invoices as the scale-out runs
 from invoice_batch.demo import running_pipeline
 from invoice_batch.store.repository import Store
 from invoice_batch.store.schema import make_engine
 from tests.support.topics import produce_raw, read_topic
-
-DEPARTMENT_WORDS = [
-    "cloud hosting",
-    "recruitment drive",
-    "hotel stay",
-    "design agency",
-    "audit fees",
-    "legal counsel",
-]
-
-
-def invoices(n: int, start: int = 0) -> list[dict[str, object]]:
-    return [
-        {
-            "invoice_id": f"INV-{i:06d}",
-            "supplier": f"Supplier {i % 37}",
-            "description": f"{DEPARTMENT_WORDS[i % len(DEPARTMENT_WORDS)]} for month {i % 12 + 1}",
-            "amount": f"{(i * 7919) % 400000 + 100}.50",
-            "currency": "INR",
-            "invoice_date": "2026-11-01",
-        }
-        for i in range(start, start + n)
-    ]
 
 
 def encoded(records: list[dict[str, object]]) -> list[tuple[bytes | None, bytes | None]]:
