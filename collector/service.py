@@ -3,24 +3,34 @@
 The collect protocol (``collect_batch``), per ended batch:
 
 1. Lease the batch (a lease with an expiry: a dead collector's batch is taken over).
-2. Stream the results file; take them ``CHUNK`` at a time.
-3. For each chunk, load the rows still ``submitted`` (rows already done are skipped:
-   a restart never re-publishes them) and decide each result's outcome.
-4. Publish the classified invoices (idempotent producer, key = invoice_id, a
-   stable event_id) and wait for the broker's acknowledgements.
-5. Mark the acknowledged rows done, failed rows pending again or DLQ'd, in one
-   store transaction per chunk.
-6. After the last line, rows of the batch with no result line at all are retried
-   (counted as ``missing``); then the batch is done.
+2. Publish intent: if the batch row has none, store the output topic's end offsets
+   on it (``publish_from``) before anything is produced. If it has one, an earlier
+   pass may have published records it never marked done: read the output topic
+   from those offsets to its end and keep the event ids of this batch found there.
+3. Stream the results file; take them ``COLLECT_CHUNK_SIZE`` at a time. Before each chunk,
+   check the lease is still ours (a collector that lost it stops publishing).
+4. For each chunk, load the rows still ``submitted`` (rows already done are skipped)
+   and decide each result's outcome.
+5. Publish the classified invoices (idempotent producer, key = invoice_id, a stable
+   event_id), except those whose event id step 2 found, and wait for the broker's
+   acknowledgements.
+6. Mark the acknowledged and the found rows done, failed rows pending again or
+   DLQ'd, in one store transaction per chunk; the same transaction moves the
+   intent past the records just acknowledged (held while found rows are unmarked).
+7. After the last line, rows of the batch with no result line at all are retried
+   (counted as ``missing``); then the batch is done and its intent cleared.
 
 What a restart does after a crash at each step:
 
-- before 4: the lease expires, another pass re-reads the results; nothing was published.
-- after 4, before 5: that chunk's rows are published again with the same event id
-  and key (at most ``CHUNK`` re-publishes; downstream deduplicates on event_id).
-- after 5: only the rows not yet marked are processed again.
+- before 5: the lease expires, another pass re-reads the results; nothing new was
+  published, and whatever an earlier pass published is found in step 2.
+- after 5, before 6: the next pass finds that chunk's records on the output topic
+  from the intent on, and marks those rows done without publishing them again.
+- after 6: only the rows not yet marked are processed again.
 
-A publish that the broker does not acknowledge aborts the pass before step 5, so a
+A publish that the broker does not acknowledge in time aborts the pass before
+step 6; the producer's queue is drained (every record delivered or failed for good)
+before the lease is given back, so the next pass's read-back sees all of them. A
 result is never lost and never retried with the API (no double spend).
 """
 
@@ -39,6 +49,7 @@ from typing import Any
 
 import anthropic
 from confluent_kafka import KafkaError, Message, Producer
+from invoice_batch.collector.published import OutputLog, ReadBackFailed
 from invoice_batch.schemas.codec import classified_codec_for
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -63,13 +74,16 @@ from invoice_batch.results import (
 )
 from invoice_batch.settings import Settings
 from invoice_batch.store.models import BatchRow
-from invoice_batch.store.repository import BatchCounts, ClaimedInvoice, DoneResult, Store
+from invoice_batch.store.repository import (
+    BatchCounts,
+    ClaimedInvoice,
+    DoneResult,
+    Store,
+    decode_offsets,
+)
 
 log = get_logger("invoice_batch.collector")
 
-# Results per chunk: one store transaction and one producer flush each. 500 keeps a
-# crash's re-publish window small while a flush still carries hundreds of records.
-CHUNK = 500
 IDLE_WAIT_SECONDS = 1.0
 
 
@@ -79,6 +93,10 @@ class Stopping(Exception):
 
 class PublishFailed(Exception):
     """The broker did not acknowledge every record of a chunk."""
+
+
+class LeaseLost(Exception):
+    """Another collector holds the batch's lease now: this one must not publish."""
 
 
 def result_body(result: Any) -> ResultBody:
@@ -124,6 +142,7 @@ class CollectorService:
         dead_letters: DeadLetters,
         metrics: Metrics,
         owner: str | None = None,
+        output_log: OutputLog | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         daily_tasks: Callable[[datetime], None] | None = None,
     ) -> None:
@@ -138,6 +157,13 @@ class CollectorService:
         self.codec = classified_codec_for(settings)
         self.lease = timedelta(seconds=settings.lease_seconds)
         self._delivery_errors: list[str] = []
+        # Highest acknowledged offset per output partition since the last mark_done.
+        self._delivered: dict[int, int] = {}
+        self.output_log = output_log or OutputLog(settings, self.codec.decode)
+        # The pass in progress: its publish intent, and the event ids an earlier pass
+        # published whose rows are not marked done yet.
+        self._intent: dict[int, int] = {}
+        self._found: set[str] = set()
         # Retention and the morning summary (invoice_batch.daily): called once per loop
         # pass; it returns at once unless something is due, and never raises.
         self.daily_tasks = daily_tasks
@@ -155,6 +181,7 @@ class CollectorService:
             if not worked:
                 stop.wait(IDLE_WAIT_SECONDS)
         self.producer.flush(self.settings.shutdown_timeout_seconds)
+        self.output_log.close()
 
     def _observe_open(self) -> None:
         count, oldest_age = self.store.open_batch_ages(self.clock())
@@ -202,7 +229,14 @@ class CollectorService:
             return True
         try:
             self.collect_batch(batch, api_batch, counts, stop)
-        except (PublishFailed, DeliveryFailed, Stopping, anthropic.APIError) as exc:
+        except (
+            PublishFailed,
+            DeliveryFailed,
+            Stopping,
+            LeaseLost,
+            ReadBackFailed,
+            anthropic.APIError,
+        ) as exc:
             log.warning(
                 "collecting the batch failed; will try again",
                 batch_id=batch.api_batch_id,
@@ -210,6 +244,8 @@ class CollectorService:
             )
             if isinstance(exc, anthropic.APIError):
                 self.metrics.api_errors.labels("results", type(exc).__name__).inc()
+            if isinstance(exc, PublishFailed):
+                self._drain(batch, stop)
             self.store.release_lease(
                 batch.key,
                 self.owner,
@@ -225,9 +261,10 @@ class CollectorService:
         counts: BatchCounts,
         stop: threading.Event | None = None,
     ) -> None:
-        """Steps 2–6 of the collect protocol."""
+        """Steps 2–7 of the collect protocol."""
         assert batch.api_batch_id is not None
         started = time.monotonic()
+        self._begin_publishing(batch)
         seen: set[int] = set()
         chunk: list[tuple[int, ResultBody]] = []
         usage = Usage()
@@ -244,16 +281,18 @@ class CollectorService:
                 continue
             seen.add(row_id)
             chunk.append((row_id, result_body(item.result)))
-            if len(chunk) >= CHUNK:
+            if len(chunk) >= self.settings.collect_chunk_size:
                 if stop is not None and stop.is_set():
                     raise Stopping("stop requested mid-results; the lease is handed back")
                 crash_point("collect.mid_results")
+                if time.monotonic() - lease_renewed > self.lease.total_seconds() / 3:
+                    self._renew_lease(batch)
+                    lease_renewed = time.monotonic()
                 chunk_usage, chunk_cost = self._process_chunk(batch, chunk)
                 usage, cost, chunk = usage + chunk_usage, cost + chunk_cost, []
-                if time.monotonic() - lease_renewed > self.lease.total_seconds() / 3:
-                    self.store.renew_lease(batch.key, self.owner, self.clock() + self.lease)
-                    lease_renewed = time.monotonic()
         if chunk:
+            if time.monotonic() - lease_renewed > self.lease.total_seconds() / 3:
+                self._renew_lease(batch)
             chunk_usage, chunk_cost = self._process_chunk(batch, chunk)
             usage, cost = usage + chunk_usage, cost + chunk_cost
 
@@ -296,11 +335,61 @@ class CollectorService:
             seconds=round(time.monotonic() - started, 3),
         )
 
+    # -- the publish intent and the lease
+
+    def _begin_publishing(self, batch: BatchRow) -> None:
+        """Step 2: store the publish intent, or find what an earlier pass published."""
+        assert batch.api_batch_id is not None
+        self._delivered = {}
+        self._found = set()
+        intent = decode_offsets(batch.publish_from)
+        if intent is None:
+            intent = self.output_log.end_offsets()
+            if not self.store.set_publish_from(batch.key, self.owner, intent):
+                raise LeaseLost("the lease expired before publishing began")
+        else:
+            self._found = self.output_log.event_ids_since(intent, batch.api_batch_id)
+            if self._found:
+                log.info(
+                    "an earlier pass published results it did not mark done; "
+                    "marking them done without publishing again",
+                    batch_id=batch.api_batch_id,
+                    found=len(self._found),
+                )
+        self._intent = intent
+
+    def _renew_lease(self, batch: BatchRow) -> None:
+        if not self.store.renew_lease(batch.key, self.owner, self.clock() + self.lease):
+            raise LeaseLost("another collector took the batch over")
+
+    def _drain(self, batch: BatchRow, stop: threading.Event | None) -> None:
+        """Wait until every queued record is delivered or failed for good, keeping the
+        lease meanwhile, so that the next pass's read-back sees all that landed."""
+        while len(self.producer) > 0 and not (stop is not None and stop.is_set()):
+            self.producer.flush(1.0)
+            self.store.renew_lease(batch.key, self.owner, self.clock() + self.lease)
+        self._delivery_errors = []
+        self._delivered = {}
+
+    def _next_intent(self) -> dict[int, int] | None:
+        """Step 6: the intent moved past the records just acknowledged. None (keep it)
+        while rows an earlier pass published are still unmarked: they lie before."""
+        delivered, self._delivered = self._delivered, {}
+        if self._found or not delivered:
+            return None
+        for partition, offset in delivered.items():
+            self._intent[partition] = max(self._intent.get(partition, 0), offset + 1)
+        return dict(self._intent)
+
     # -- one chunk
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
         if error is not None:
             self._delivery_errors.append(str(error))
+            return
+        partition, offset = message.partition(), message.offset()
+        if partition is not None and offset is not None and offset >= 0:
+            self._delivered[partition] = max(offset, self._delivered.get(partition, -1))
 
     def _process_chunk(
         self, batch: BatchRow, chunk: list[tuple[int, ResultBody]]
@@ -314,6 +403,7 @@ class CollectorService:
         usage = Usage()
         cost = Decimal(0)
         result_types: Counter[str] = Counter()
+        found: list[str] = []
         for row_id, body in chunk:
             row = rows.get(row_id)
             if row is None:
@@ -347,10 +437,12 @@ class CollectorService:
                         classified_at=now,
                         content_hash=row.content_hash,
                     )
-                    self._produce(row.invoice.invoice_id, self.codec.encode(record))
-                    done.append(
-                        DoneResult(row.row_id, str(record["event_id"]), record, row_usage, row_cost)
-                    )
+                    event_id = str(record["event_id"])
+                    if event_id in self._found:
+                        found.append(event_id)
+                    else:
+                        self._produce(row.invoice.invoice_id, self.codec.encode(record))
+                    done.append(DoneResult(row.row_id, event_id, record, row_usage, row_cost))
                 case Retry(reason=reason, detail=detail):
                     failed.append((row, reason, detail))
                 case Reject(detail=detail):
@@ -358,7 +450,7 @@ class CollectorService:
         # Counters once per chunk and label, not once per row.
         for result_type, count in result_types.items():
             self.metrics.batch_results.labels(result_type).inc(count)
-        # Step 4: every record of the chunk acknowledged, or nothing is marked.
+        # Step 5: every record of the chunk acknowledged, or nothing is marked.
         remaining = self.producer.flush(self.settings.shutdown_timeout_seconds * 3)
         errors, self._delivery_errors = self._delivery_errors, []
         if remaining or errors:
@@ -368,9 +460,12 @@ class CollectorService:
                 f"{errors[0] if errors else 'timeout'}"
             )
         crash_point("collect.after_publish")
-        # Step 5.
-        self.store.mark_done(batch.key, done, self.clock())
-        self.metrics.published.labels("published").inc(len(done))
+        # Step 6.
+        self._found.difference_update(found)
+        self.store.mark_done(batch.key, done, self.clock(), publish_from=self._next_intent())
+        self.metrics.published.labels("published").inc(len(done) - len(found))
+        if found:
+            self.metrics.published.labels("found_published").inc(len(found))
         classified: Counter[tuple[str, str]] = Counter()
         observe_end_to_end = self.metrics.end_to_end.observe
         for result in done:

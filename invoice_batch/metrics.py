@@ -114,7 +114,11 @@ class Metrics:
             registry=r,
         )
         self.published = Counter(
-            "invoice_publish", "Output events by delivery outcome.", ["outcome"], registry=r
+            "invoice_publish",
+            "Output events by outcome: published, failed, or found_published (published "
+            "by a pass that crashed before marking them done; not published again).",
+            ["outcome"],
+            registry=r,
         )
         self.buffer_pending_bytes = Gauge(
             "invoice_buffer_pending_bytes", "Serialized request bytes pending.", registry=r
@@ -130,7 +134,7 @@ class Metrics:
             self.tokens.labels(token_type)
         for reason in RETRY_REASONS:
             self.retries.labels(reason)
-        for outcome in ("published", "failed"):
+        for outcome in ("published", "failed", "found_published"):
             self.published.labels(outcome)
         for department in DEPARTMENTS:
             for flag in ("true", "false"):

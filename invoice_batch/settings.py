@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     poll_min_seconds: float = Field(default=5.0, gt=0)
     poll_max_seconds: float = Field(default=300.0, gt=0)
     lease_seconds: float = Field(default=120.0, gt=0)
+    # Results per chunk: one producer flush and one store transaction each; a crash
+    # between the two is found again on the output topic (the publish intent).
+    collect_chunk_size: int = Field(default=500, ge=1, le=10_000)
 
     # Input validation
     max_text_bytes: int = Field(default=32_768, ge=256)

@@ -101,6 +101,9 @@ class BatchRow(Base):
     cache_creation_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_usd: Mapped[float] = mapped_column(Numeric(14, 6), default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # The collector's publish intent: JSON {partition: offset} of the output topic
+    # from which records of this batch not yet marked done may have been published.
+    publish_from: Mapped[str | None] = mapped_column(Text)
 
 
 class InvoiceRow(Base):

@@ -378,6 +378,9 @@ def run(plan: Plan, workdir: Path) -> Outcome:
             "POLL_MIN_SECONDS": "0.5",
             "POLL_MAX_SECONDS": "2",
             "LEASE_SECONDS": "4",
+            # Batches here are tens of invoices: small chunks put the crash points
+            # between chunks (mid-results, after a publish) inside most batches.
+            "COLLECT_CHUNK_SIZE": "8",
             "CREATE_TIMEOUT_SECONDS": "3",
             "RETRY_DELAY_SECONDS": "1",
             "MAX_ATTEMPTS": "6",
