@@ -17,6 +17,8 @@ The collect protocol (``collect_batch``), per ended batch:
 6. Mark the acknowledged and the found rows done, failed rows pending again or
    DLQ'd, in one store transaction per chunk; the same transaction moves the
    intent past the records just acknowledged (held while found rows are unmarked).
+   A second thread runs this step while the next chunk goes through 4 and 5; each
+   mark waits for the one before, and step 7 for the last.
 7. After the last line, rows of the batch with no result line at all are retried
    (counted as ``missing``); then the batch is done and its intent cleared.
 
@@ -36,18 +38,22 @@ result is never lost and never retried with the API (no double spend).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import anthropic
+import httpx2
+import orjson
 from confluent_kafka import KafkaError, Message, Producer
 from invoice_batch.collector.published import OutputLog, ReadBackFailed
 from invoice_batch.schemas.codec import classified_codec_for
@@ -95,37 +101,84 @@ class PublishFailed(Exception):
     """The broker did not acknowledge every record of a chunk."""
 
 
+class ResultsStreamBroken(Exception):
+    """The connection carrying the results file failed part-way."""
+
+
 class LeaseLost(Exception):
     """Another collector holds the batch's lease now: this one must not publish."""
 
 
-def result_body(result: Any) -> ResultBody:
-    """The SDK's result union → our plain values (the only place that reads SDK types)."""
-    match result.type:
+def result_body(result: Mapping[str, Any]) -> ResultBody:
+    """A results line's ``result`` object, as the API sends it, → our plain values.
+
+    The collector parses the results file itself (orjson, per line) rather than
+    through the SDK's models: building a pydantic model per line was the largest
+    single cost of collecting. Malformed shapes raise ``ValueError``/``TypeError``.
+    """
+    match result.get("type"):
         case "succeeded":
-            message = result.message
+            message = result["message"]
             tool_input = next(
-                (block.input for block in message.content if block.type == "tool_use"), None
+                (
+                    block.get("input")
+                    for block in message.get("content") or ()
+                    if isinstance(block, dict) and block.get("type") == "tool_use"
+                ),
+                None,
             )
-            usage = message.usage
+            usage = message.get("usage") or {}
             return Succeeded(
                 tool_input=tool_input,
-                model=message.model,
+                model=str(message.get("model") or ""),
                 usage=Usage(
-                    input_tokens=usage.input_tokens or 0,
-                    output_tokens=usage.output_tokens or 0,
-                    cache_read_tokens=usage.cache_read_input_tokens or 0,
-                    cache_creation_tokens=usage.cache_creation_input_tokens or 0,
+                    input_tokens=int(usage.get("input_tokens") or 0),
+                    output_tokens=int(usage.get("output_tokens") or 0),
+                    cache_read_tokens=int(usage.get("cache_read_input_tokens") or 0),
+                    cache_creation_tokens=int(usage.get("cache_creation_input_tokens") or 0),
                 ),
             )
         case "errored":
-            error = result.error.error
-            return Errored(error_type=str(error.type), message=str(error.message))
+            error = (result.get("error") or {}).get("error") or {}
+            return Errored(
+                error_type=str(error.get("type") or "unknown_error"),
+                message=str(error.get("message") or ""),
+            )
         case "canceled":
             return Canceled()
         case "expired":
             return Expired()
-    return Errored(error_type="unknown_result", message=f"result type {result.type!r}")
+    return Errored(error_type="unknown_result", message=f"result type {result.get('type')!r}")
+
+
+def read_results(client: anthropic.Anthropic, batch_id: str) -> Iterator[tuple[str, ResultBody]]:
+    """(custom_id, result) per line of the batch's results file, streamed.
+
+    A line that is not a well-formed result is logged and skipped (its request then
+    counts as missing and is retried). A connection broken mid-file raises
+    ``ResultsStreamBroken``; HTTP errors raise the SDK's ``APIError``s."""
+    with client.messages.batches.with_streaming_response.results(batch_id) as response:
+        try:
+            for line in response.iter_lines():
+                if not line.strip():
+                    continue
+                try:
+                    item = orjson.loads(line)
+                    yield str(item["custom_id"]), result_body(item["result"])
+                except (
+                    orjson.JSONDecodeError,
+                    ValueError,
+                    TypeError,
+                    KeyError,
+                    AttributeError,
+                ) as exc:
+                    log.warning(
+                        "malformed results line skipped",
+                        batch_id=batch_id,
+                        error=f"{type(exc).__name__}: {exc}"[:200],
+                    )
+        except httpx2.HTTPError as exc:
+            raise ResultsStreamBroken(f"results stream broke: {type(exc).__name__}") from exc
 
 
 def default_owner() -> str:
@@ -164,6 +217,10 @@ class CollectorService:
         # published whose rows are not marked done yet.
         self._intent: dict[int, int] = {}
         self._found: set[str] = set()
+        # Step 6 runs in this thread while the next chunk is read, decided and
+        # published: one mark_done at a time, waited for before the next is handed over.
+        self._marker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mark-done")
+        self._marking: Future[int] | None = None
         # Retention and the morning summary (invoice_batch.daily): called once per loop
         # pass; it returns at once unless something is due, and never raises.
         self.daily_tasks = daily_tasks
@@ -182,6 +239,7 @@ class CollectorService:
                 stop.wait(IDLE_WAIT_SECONDS)
         self.producer.flush(self.settings.shutdown_timeout_seconds)
         self.output_log.close()
+        self._marker.shutdown()
 
     def _observe_open(self) -> None:
         count, oldest_age = self.store.open_batch_ages(self.clock())
@@ -235,6 +293,7 @@ class CollectorService:
             Stopping,
             LeaseLost,
             ReadBackFailed,
+            ResultsStreamBroken,
             anthropic.APIError,
         ) as exc:
             log.warning(
@@ -266,35 +325,14 @@ class CollectorService:
         started = time.monotonic()
         self._begin_publishing(batch)
         seen: set[int] = set()
-        chunk: list[tuple[int, ResultBody]] = []
-        usage = Usage()
-        cost = Decimal(0)
-        lease_renewed = time.monotonic()
-        for item in self.client.messages.batches.results(batch.api_batch_id):
-            row_id = row_id_from(item.custom_id)
-            if row_id is None or row_id in seen:
-                log.warning(
-                    "unexpected or repeated result line",
-                    batch_id=batch.api_batch_id,
-                    custom_id=item.custom_id[:64],
-                )
-                continue
-            seen.add(row_id)
-            chunk.append((row_id, result_body(item.result)))
-            if len(chunk) >= self.settings.collect_chunk_size:
-                if stop is not None and stop.is_set():
-                    raise Stopping("stop requested mid-results; the lease is handed back")
-                crash_point("collect.mid_results")
-                if time.monotonic() - lease_renewed > self.lease.total_seconds() / 3:
-                    self._renew_lease(batch)
-                    lease_renewed = time.monotonic()
-                chunk_usage, chunk_cost = self._process_chunk(batch, chunk)
-                usage, cost, chunk = usage + chunk_usage, cost + chunk_cost, []
-        if chunk:
-            if time.monotonic() - lease_renewed > self.lease.total_seconds() / 3:
-                self._renew_lease(batch)
-            chunk_usage, chunk_cost = self._process_chunk(batch, chunk)
-            usage, cost = usage + chunk_usage, cost + chunk_cost
+        try:
+            usage, cost = self._collect_results(batch, stop, seen)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._wait_marked()
+            raise
+        # The last chunk's rows are marked (or its error raised) before anything else.
+        self._wait_marked()
 
         missing = [
             row_id for row_id in self.store.unresolved_row_ids(batch.key) if row_id not in seen
@@ -335,6 +373,42 @@ class CollectorService:
             seconds=round(time.monotonic() - started, 3),
         )
 
+    def _collect_results(
+        self, batch: BatchRow, stop: threading.Event | None, seen: set[int]
+    ) -> tuple[Usage, Decimal]:
+        """Steps 3–6 over the whole results file: (usage, cost) of the rows handled."""
+        assert batch.api_batch_id is not None
+        chunk: list[tuple[int, ResultBody]] = []
+        usage = Usage()
+        cost = Decimal(0)
+        lease_renewed = time.monotonic()
+        for custom_id, body in read_results(self.client, batch.api_batch_id):
+            row_id = row_id_from(custom_id)
+            if row_id is None or row_id in seen:
+                log.warning(
+                    "unexpected or repeated result line",
+                    batch_id=batch.api_batch_id,
+                    custom_id=custom_id[:64],
+                )
+                continue
+            seen.add(row_id)
+            chunk.append((row_id, body))
+            if len(chunk) >= self.settings.collect_chunk_size:
+                if stop is not None and stop.is_set():
+                    raise Stopping("stop requested mid-results; the lease is handed back")
+                crash_point("collect.mid_results")
+                if time.monotonic() - lease_renewed > self.lease.total_seconds() / 3:
+                    self._renew_lease(batch)
+                    lease_renewed = time.monotonic()
+                chunk_usage, chunk_cost = self._process_chunk(batch, chunk)
+                usage, cost, chunk = usage + chunk_usage, cost + chunk_cost, []
+        if chunk:
+            if time.monotonic() - lease_renewed > self.lease.total_seconds() / 3:
+                self._renew_lease(batch)
+            chunk_usage, chunk_cost = self._process_chunk(batch, chunk)
+            usage, cost = usage + chunk_usage, cost + chunk_cost
+        return usage, cost
+
     # -- the publish intent and the lease
 
     def _begin_publishing(self, batch: BatchRow) -> None:
@@ -357,6 +431,12 @@ class CollectorService:
                     found=len(self._found),
                 )
         self._intent = intent
+
+    def _wait_marked(self) -> None:
+        """Until the chunk handed to the marking thread is marked; raises its error."""
+        marking, self._marking = self._marking, None
+        if marking is not None:
+            marking.result()
 
     def _renew_lease(self, batch: BatchRow) -> None:
         if not self.store.renew_lease(batch.key, self.owner, self.clock() + self.lease):
@@ -462,7 +542,14 @@ class CollectorService:
         crash_point("collect.after_publish")
         # Step 6.
         self._found.difference_update(found)
-        self.store.mark_done(batch.key, done, self.clock(), publish_from=self._next_intent())
+        self._wait_marked()
+        self._marking = self._marker.submit(
+            self.store.mark_done,
+            batch.key,
+            done,
+            self.clock(),
+            publish_from=self._next_intent(),
+        )
         self.metrics.published.labels("published").inc(len(done) - len(found))
         if found:
             self.metrics.published.labels("found_published").inc(len(found))

@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=120.0, gt=0)
     # Results per chunk: one producer flush and one store transaction each; a crash
     # between the two is found again on the output topic (the publish intent).
-    collect_chunk_size: int = Field(default=500, ge=1, le=10_000)
+    collect_chunk_size: int = Field(default=2_000, ge=1, le=10_000)
 
     # Input validation
     max_text_bytes: int = Field(default=32_768, ge=256)

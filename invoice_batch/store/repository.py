@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     ColumnElement,
     Connection,
@@ -396,7 +397,7 @@ class Store:
             InvoiceRow.source_offset,
             InvoiceRow.content_hash,
         )
-        loads, from_json = json.loads, Invoice.from_json_dict
+        loads, from_json = orjson.loads, Invoice.from_json_dict
         with self.engine.connect() as connection:
             for chunk in _chunks(ids):
                 for (

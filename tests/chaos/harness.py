@@ -305,7 +305,7 @@ def double_submits(emulator_url: str) -> tuple[int, list[str]]:
             # A succeeded result whose tool input we cannot use failed for us: the
             # collector retries it, rightly.
             if result == "succeeded" and isinstance(
-                decide_outcome(result_body(item.result)), Retry
+                decide_outcome(result_body(item.result.to_dict())), Retry
             ):
                 result = "unusable"
             outcome.setdefault((batch_id, item.custom_id), result)

@@ -71,6 +71,9 @@ def test_a_collector_killed_after_publishing_publishes_no_invoice_twice(
     assert len(ids) == total, f"{len(ids)} records for {total} invoices"
     assert set(ids) == {r["invoice_id"] for r in sent}
     found = log_events(tmp_path / "collector.log", "an earlier pass published results")
-    assert [entry["found"] for entry in found] == [CHUNK]
-    assert f'invoice_publish_total{{outcome="found_published"}} {float(CHUNK)}' in metrics
+    # The second chunk was not marked done; the first may not be either (chunks are
+    # marked in a second thread while the next one is published).
+    assert len(found) == 1 and found[0]["found"] in (CHUNK, 2 * CHUNK), found
+    marked_again = found[0]["found"]
+    assert f'invoice_publish_total{{outcome="found_published"}} {float(marked_again)}' in metrics
     assert f'invoice_publish_total{{outcome="published"}} {float(total - 2 * CHUNK)}' in metrics
