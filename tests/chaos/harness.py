@@ -46,6 +46,7 @@ from typing import Any
 
 import anthropic
 import httpx
+from confluent_kafka import Producer
 from invoice_batch.collector.service import result_body
 from invoice_batch.schemas.codec import InvoiceCodec
 
@@ -53,7 +54,7 @@ from invoice_batch.batch_requests import row_id_from
 from invoice_batch.broker import free_port, start_broker, stop_process, wait_for_port
 from invoice_batch.crash_points import CRASH_POINTS
 from invoice_batch.results import Retry, decide_outcome
-from tests.support.topics import produce_raw, read_all
+from tests.support.topics import read_all
 
 API_KEY = "sk-ant-chaos-test-key"
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -409,8 +410,26 @@ def run(plan: Plan, workdir: Path) -> Outcome:
         interval = max(0.05, plan.kills * 6.0 / len(chunks))
 
         def feed() -> None:
+            # Its own producer, patient without limit: a frozen broker delays the feed
+            # but never drops or repeats an input record.
+            producer = Producer(
+                {
+                    "bootstrap.servers": bootstrap,
+                    "enable.idempotence": True,
+                    "linger.ms": 5,
+                    "message.timeout.ms": 0,
+                }
+            )
             for chunk in chunks:
-                produce_raw(bootstrap, "invoices", chunk)
+                for key, value in chunk:
+                    while True:
+                        try:
+                            producer.produce("invoices", key=key, value=value)
+                            break
+                        except BufferError:
+                            producer.poll(0.1)
+                while producer.flush(5) > 0:
+                    pass
                 time.sleep(interval)
 
         feeder = threading.Thread(target=feed, daemon=True)
