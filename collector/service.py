@@ -475,7 +475,7 @@ class CollectorService:
         self, batch: BatchRow, chunk: list[tuple[int, ResultBody]]
     ) -> tuple[Usage, Decimal]:
         assert batch.api_batch_id is not None
-        rows = self.store.invoices_by_id(batch.key, (row_id for row_id, _ in chunk))
+        rows = self.store.invoices_by_id(batch.key, (row_id for row_id, _ in chunk), sources=False)
         now = self.clock()
         done: list[DoneResult] = []
         failed: list[tuple[ClaimedInvoice, str, str]] = []
@@ -565,16 +565,7 @@ class CollectorService:
                 observe_end_to_end((now - event_time).total_seconds())
         for (department, needs_approval), count in classified.items():
             self.metrics.classified.labels(department, needs_approval).inc(count)
-        for row, detail in rejected:
-            self._dead_letter(row, "model_rejected", detail)
-        self.dead_letters.flush()
-        if rejected:
-            self.store.mark_dlq(
-                batch.key,
-                [row.row_id for row, _ in rejected],
-                "model_rejected",
-                "; ".join(d for _, d in rejected[:1]),
-            )
+        self._dead_letter_all(batch, rejected, "model_rejected")
         self._retry_or_dlq(batch, failed)
         self.metrics.tokens.labels("input").inc(usage.input_tokens)
         self.metrics.tokens.labels("output").inc(usage.output_tokens)
@@ -596,17 +587,30 @@ class CollectorService:
             except BufferError:
                 self.producer.poll(0.1)
 
-    def _dead_letter(self, row: ClaimedInvoice, code: str, reason: str) -> None:
-        self.dead_letters.send(
-            key=row.source_key,
-            value=row.source_value,
-            code=code,
-            reason=reason,
-            topic=row.source_topic,
-            partition=row.source_partition,
-            offset=row.source_offset,
-        )
-        self.metrics.dlq.labels(code).inc()
+    def _dead_letter_all(
+        self, batch: BatchRow, rows: list[tuple[ClaimedInvoice, str]], code: str
+    ) -> None:
+        """The original records of ``rows`` to the DLQ (acknowledged), then the rows
+        marked ``dlq``."""
+        if not rows:
+            return
+        originals = self.store.invoices_by_id(batch.key, [row.row_id for row, _ in rows])
+        for row, reason in rows:
+            original = originals.get(row.row_id)
+            if original is None:
+                continue  # already final: another pass handled it
+            self.dead_letters.send(
+                key=original.source_key,
+                value=original.source_value,
+                code=code,
+                reason=reason,
+                topic=original.source_topic,
+                partition=original.source_partition,
+                offset=original.source_offset,
+            )
+            self.metrics.dlq.labels(code).inc()
+        self.dead_letters.flush()
+        self.store.mark_dlq(batch.key, [row.row_id for row, _ in rows], code, rows[0][1])
 
     def _retry_or_dlq(self, batch: BatchRow, failed: list[tuple[ClaimedInvoice, str, str]]) -> None:
         """Failed requests go back to pending, or to the DLQ past MAX_ATTEMPTS."""
@@ -618,13 +622,7 @@ class CollectorService:
             else:
                 retry.setdefault(reason, []).append(row.row_id)
                 self.metrics.retries.labels(reason).inc()
-        for row, detail in give_up:
-            self._dead_letter(row, "max_attempts", detail)
-        self.dead_letters.flush()
-        if give_up:
-            self.store.mark_dlq(
-                batch.key, [row.row_id for row, _ in give_up], "max_attempts", give_up[0][1]
-            )
+        self._dead_letter_all(batch, give_up, "max_attempts")
         for reason, row_ids in retry.items():
             self.store.mark_retry(batch.key, row_ids, reason, self.clock())
 
