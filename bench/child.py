@@ -81,7 +81,8 @@ def ingest_baseline(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def ingest_service(params: dict[str, Any]) -> dict[str, Any]:
-    """ConsumerService.process_messages: decode, validate, dedupe, insert, offsets."""
+    """ConsumerService.consume_poll, as run() calls it: decode, validate, dedupe, insert,
+    offsets (the store write of a poll overlapping the decoding of the next)."""
     from confluent_kafka import Consumer, Producer
     from invoice_batch.consumer.flusher import Flusher
     from invoice_batch.consumer.service import POLL_BATCH, ConsumerService
@@ -117,9 +118,11 @@ def ingest_service(params: dict[str, Any]) -> dict[str, Any]:
             continue
         if started is None:
             started = time.perf_counter()
-        service.process_messages(records)
+        service.consume_poll(records)  # what ConsumerService.run does with each poll
         count += len(records)
-    service._commit(asynchronous=False)  # what a clean shutdown does
+    service.finish_pending()  # what a clean shutdown does
+    service.close()
+    service._commit(asynchronous=False)
     seconds = time.perf_counter() - (started or time.perf_counter())
     with store.engine.connect() as connection:
         stored = connection.execute(select(func.count(InvoiceRow.id))).scalar_one()

@@ -21,6 +21,13 @@ A failure at 2–4 is never followed by an offset commit: the partitions are
 rewound to the first record of the poll and paused; polling goes on (with no
 records) so the group membership survives, and the store is probed until it
 answers, then consumption resumes where it stopped.
+
+The loop (``run``) overlaps steps 2–3 of one poll, run by a writer thread, with the
+polling and step 1 of the next; steps 4–6 of a poll follow its commit, before the
+next poll's rows go to the writer. So at most one poll is in the writer, offsets
+are still stored only for committed polls, and a failure rewinds to the first
+record of the failed poll and drops the next poll's decoded rows (it is read
+again). A revoke or a stop first finishes the poll in the writer.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -43,13 +52,14 @@ from invoice_batch.kafka import DeadLetters, DeliveryFailed
 from invoice_batch.logs import get_logger
 from invoice_batch.metrics import Metrics
 from invoice_batch.settings import Settings
-from invoice_batch.store.repository import NewInvoice, Store
+from invoice_batch.store.repository import PendingRow, Store
 
 log = get_logger("invoice_batch.consumer")
 
-# Records per poll: enough to amortise a store transaction (≈ 1 ms of SQLite fsync)
-# over many rows, small enough that a poll's work stays well under a second.
-POLL_BATCH = 1_000
+# Records per poll: enough to amortise a store transaction (a WAL flush) and the
+# writer thread's hand-over over many rows, small enough that a poll's work stays
+# well under a second.
+POLL_BATCH = 2_000
 POLL_TIMEOUT = 0.5
 # How often the lag gauges are refreshed (from librdkafka's cached watermarks).
 LAG_SECONDS = 5.0
@@ -79,6 +89,16 @@ def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
             else TopicPartition(topic, partition, next_offset, leader_epoch=epoch)
         )
     return offsets
+
+
+@dataclass(slots=True, eq=False)
+class _Poll:
+    """One poll's records after step 1, and its store write once handed to the writer."""
+
+    messages: Sequence[Message]
+    rows: list[PendingRow]
+    invalid: int
+    write: Future[int] | None = field(default=None)
 
 
 class TooManyInvalid(Exception):
@@ -133,6 +153,15 @@ class ConsumerService:
         self._failed = False
         self._next_flush_check = 0.0
         self._next_lag_check = 0.0
+        self._request_bound = request_size_bound
+        # The poll whose rows the writer thread is storing (steps 2–3), if any.
+        self._in_writer: _Poll | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        # A private in-memory SQLite database exists once per thread: write in this one.
+        url = store.engine.url
+        self._overlap = not (
+            url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+        )
 
     # -- the group membership
 
@@ -141,8 +170,9 @@ class ConsumerService:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         crash_point("consume.on_revoke")
-        # Every stored offset belongs to a committed poll (the loop finishes a poll
-        # before the next one), so committing them here is always safe.
+        # Finish the poll in the writer while its partitions are still ours. Every
+        # stored offset then belongs to a committed poll, so committing is safe.
+        self.finish_pending()
         if not self._failed:
             self._commit(asynchronous=False)
         log.info("partitions revoked", partitions=[p.partition for p in partitions])
@@ -173,12 +203,24 @@ class ConsumerService:
                 self.metrics.last_poll.set(time.time())
                 records = [m for m in messages if self._is_record(m)]
                 if records:
-                    self.process_messages(records)
+                    self.consume_poll(records)
+                else:
+                    self.finish_pending()
                 self._maybe_flush()
                 self._observe_lag()
         finally:
-            if not self._failed:
-                self._commit(asynchronous=False)
+            try:
+                self.finish_pending()
+            finally:
+                self.close()
+                if not self._failed:
+                    self._commit(asynchronous=False)
+
+    def close(self) -> None:
+        """Stop the writer thread (after ``finish_pending``)."""
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
 
     def _is_record(self, message: Message) -> bool:
         error = message.error()
@@ -189,54 +231,121 @@ class ConsumerService:
         return False
 
     def process_messages(self, messages: Sequence[Message]) -> None:
-        """Steps 1–6 of the consume protocol for one poll's records."""
-        now = self.clock()
-        rows: list[NewInvoice] = []
+        """Steps 1–6 of the consume protocol for one poll's records, in this thread."""
+        self.finish_pending()
+        poll = self._decode(messages)  # 1
+        try:
+            accepted = self._store_rows(poll.rows)  # 2, 3
+        except SQLAlchemyError as exc:
+            self._rewind_and_pause(poll.messages, exc)
+            return
+        self._complete(poll, accepted)
+
+    def consume_poll(self, messages: Sequence[Message]) -> None:
+        """What ``run`` does with a poll's records: steps 1–6, with 2–3 in the writer.
+
+        Step 1 of this poll overlaps the writer storing the previous one; then the
+        previous poll gets steps 4–6 and this one goes to the writer. Call
+        ``finish_pending`` to have the last poll committed.
+        """
+        if not self._overlap:
+            self.process_messages(messages)
+            return
+        poll = self._decode(messages)  # 1, while the writer runs 2–3 of the previous poll
+        if not self.finish_pending(also_rewind=poll.messages):
+            return  # the previous poll failed; this one is read again after the rewind
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
+        poll.write = self._writer.submit(self._store_rows, poll.rows)  # 2, 3
+        self._in_writer = poll
+
+    def finish_pending(self, also_rewind: Sequence[Message] = ()) -> bool:
+        """Wait for the poll in the writer and give it steps 4–6; False if it failed.
+
+        On a failure the partitions are rewound to its first records (or to those of
+        ``also_rewind``, a later poll not yet written, where they come first) and paused.
+        """
+        poll, self._in_writer = self._in_writer, None
+        if poll is None or poll.write is None:
+            return True
+        try:
+            accepted = poll.write.result()
+        except SQLAlchemyError as exc:
+            self._rewind_and_pause([*poll.messages, *also_rewind], exc)
+            return False
+        return self._complete(poll, accepted, also_rewind)
+
+    def _decode(self, messages: Sequence[Message]) -> _Poll:
+        """Step 1: decode and validate; rows in the store's form, invalid ones to the DLQ."""
+        now = self.store.datetime_to_db(self.clock())
+        model, max_tokens = self.settings.claude_model, self.settings.claude_max_tokens
+        decode, bound, record = self.codec.decode, self._request_bound, self.guard.record
+        to_db = self.store.datetime_to_db
+        # Records produced together share their millisecond timestamps: convert each
+        # distinct one once.
+        times: dict[int, tuple[datetime | None, object]] = {}
+        rows: list[PendingRow] = []
         invalid = 0
-        for message in messages:  # 1
+        for message in messages:
             value = message.value()
-            _, timestamp_ms = message.timestamp()
-            event_time = (
-                datetime.fromtimestamp(timestamp_ms / 1000, UTC) if timestamp_ms > 0 else None
-            )
+            timestamp_ms = message.timestamp()[1]
+            event_time = times.get(timestamp_ms)
+            if event_time is None:
+                at = datetime.fromtimestamp(timestamp_ms / 1000, UTC) if timestamp_ms > 0 else None
+                event_time = times[timestamp_ms] = (at, to_db(at))
             try:
-                invoice = self.codec.decode(value, timestamp=event_time)
+                invoice = decode(value, timestamp=event_time[0])
             except InvalidMessage as exc:
                 invalid += 1
-                self.guard.record(True)
+                record(True)
                 self._to_dlq(message, exc)
                 continue
-            self.guard.record(False)
+            record(False)
+            payload, content_hash, raw_text_json_len = invoice.row_forms()
+            own_time = invoice.event_time
             rows.append(
-                NewInvoice(
-                    invoice=invoice,
-                    request_bytes=request_size_bound(
+                (
+                    invoice.invoice_id,
+                    content_hash,
+                    payload,
+                    bound(
                         invoice,
-                        model=self.settings.claude_model,
-                        max_tokens=self.settings.claude_max_tokens,
+                        model=model,
+                        max_tokens=max_tokens,
+                        raw_text_json_len=raw_text_json_len,
                     ),
-                    received_at=now,
-                    source_topic=message.topic(),
-                    source_partition=message.partition(),
-                    source_offset=message.offset(),
-                    source_key=message.key(),
-                    source_value=value,
+                    now,
+                    event_time[1] if own_time is event_time[0] else to_db(own_time),
+                    message.topic(),
+                    message.partition(),
+                    message.offset(),
+                    message.key(),
+                    value,
                 )
             )
+        return _Poll(messages, rows, invalid)
+
+    def _store_rows(self, rows: Sequence[PendingRow]) -> int:
+        """Steps 2–3 (in the writer thread when run overlaps polls)."""
+        return self.store.add_pending_rows(rows)
+
+    def _complete(self, poll: _Poll, accepted: int, also_rewind: Sequence[Message] = ()) -> bool:
+        """Steps 4–6 for a poll whose rows are committed."""
         try:
-            accepted, duplicates = self.store.add_invoices(rows)  # 2, 3
             self.dead_letters.flush()  # 4
-        except (SQLAlchemyError, DeliveryFailed) as exc:
-            self._rewind_and_pause(messages, exc)
-            return
+        except DeliveryFailed as exc:
+            self._rewind_and_pause([*poll.messages, *also_rewind], exc)
+            return False
         crash_point("consume.after_db_commit")
-        self.consumer.store_offsets(offsets=_next_offsets(messages))  # 5
+        self.consumer.store_offsets(offsets=_next_offsets(poll.messages))  # 5
         self._commit(asynchronous=True)  # 6
+        duplicates = len(poll.rows) - accepted
         self.metrics.events.labels("accepted").inc(accepted)
         self.metrics.events.labels("duplicate").inc(duplicates)
-        self.metrics.events.labels("invalid").inc(invalid)
+        self.metrics.events.labels("invalid").inc(poll.invalid)
         if duplicates:
             log.info("duplicates skipped", duplicates=duplicates)
+        return True
 
     def _to_dlq(self, message: Message, exc: InvalidMessage) -> None:
         self.dead_letters.send(

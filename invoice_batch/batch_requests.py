@@ -97,6 +97,12 @@ def row_id_from(custom_id: str) -> int | None:
 
 
 def invoice_prompt(invoice: Invoice) -> str:
+    head = _prompt_head(invoice)
+    return f"{head}\nText: {invoice.raw_text}" if invoice.raw_text else head
+
+
+def _prompt_head(invoice: Invoice) -> str:
+    """The prompt's lines before the invoice text."""
     lines = [f"Invoice ID: {invoice.invoice_id}"]
     if invoice.supplier:
         lines.append(f"Supplier: {invoice.supplier}")
@@ -108,8 +114,6 @@ def invoice_prompt(invoice: Invoice) -> str:
         lines.append(f"Currency: {invoice.currency}")
     if invoice.invoice_date is not None:
         lines.append(f"Invoice date: {invoice.invoice_date.isoformat()}")
-    if invoice.raw_text:
-        lines.append(f"Text: {invoice.raw_text}")
     return "\n".join(lines)
 
 
@@ -176,15 +180,23 @@ def encode_request(invoice: Invoice, *, custom_id: str, model: str, max_tokens: 
     return head + json.dumps(custom_id) + middle + json.dumps(invoice_prompt(invoice)) + tail
 
 
-def request_size_bound(invoice: Invoice, *, model: str, max_tokens: int) -> int:
+def request_size_bound(
+    invoice: Invoice, *, model: str, max_tokens: int, raw_text_json_len: int | None = None
+) -> int:
     """An upper bound of the request's size for any custom_id we may give it.
 
     Equal to ``request_size(build_request(invoice, custom_id=<longest id>, ...))``,
     computed from the template: only the prompt is serialized per invoice.
+    ``raw_text_json_len``, ``len(json.dumps(invoice.raw_text))`` when the caller has it
+    (``Invoice.row_forms``), spares escaping the text again.
     """
     head, middle, tail = _request_template(model, max_tokens)
     fixed = len(head) + len(middle) + len(tail) + len(json.dumps(_CUSTOM_ID_MAX)) + 2
-    return fixed + _json_len(invoice_prompt(invoice))
+    if raw_text_json_len is None or not invoice.raw_text:
+        return fixed + _json_len(invoice_prompt(invoice))
+    # Escaping is per character: "\nText: " adds 8 to the head's escaped length, and
+    # the text its own escaped length without the quotes.
+    return fixed + _json_len(_prompt_head(invoice)) + 8 + raw_text_json_len - 2
 
 
 # What json.dumps (ensure_ascii) writes for ASCII characters: \" \\ \n \r \t \b \f take

@@ -14,6 +14,7 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
+from invoice_batch.batch_requests import build_request, request_size, request_size_bound
 from invoice_batch.invoices import Invoice
 from invoice_batch.results import EVENT_ID_NAMESPACE, event_id_from
 
@@ -68,3 +69,35 @@ def test_the_written_out_event_id_is_the_uuid5_of_invoice_id_and_content_hash(
 ) -> None:
     expected = uuid.uuid5(EVENT_ID_NAMESPACE, f"{invoice_id}\x00{content_hash}")
     assert event_id_from(invoice_id, content_hash) == str(expected)
+
+
+@given(
+    invoice_id=st.text(min_size=1, max_size=40),
+    supplier=texts,
+    description=texts,
+    raw_text=st.none() | st.text(max_size=2000),
+    amount=st.none() | st.decimals(min_value=0, max_value=10**12, places=4),
+    currency=st.none() | st.sampled_from(["INR", "USD"]),
+    invoice_date=st.none() | st.dates(),
+)
+def test_the_size_bound_from_row_forms_equals_the_one_from_the_prompt(
+    invoice_id: str,
+    supplier: str,
+    description: str,
+    raw_text: str | None,
+    amount: Decimal | None,
+    currency: str | None,
+    invoice_date: date | None,
+) -> None:
+    invoice = Invoice(invoice_id, supplier, description, amount, currency, invoice_date, raw_text)
+    payload, content_hash, raw_text_json_len = invoice.row_forms()
+    assert (payload, content_hash) == invoice.stored_forms()
+    assert raw_text_json_len == (0 if raw_text is None else len(json.dumps(raw_text)))
+    bound = request_size_bound(invoice, model="claude-haiku-4-5", max_tokens=1024)
+    assert bound == request_size_bound(
+        invoice, model="claude-haiku-4-5", max_tokens=1024, raw_text_json_len=raw_text_json_len
+    )
+    request = build_request(
+        invoice, custom_id="i9999999999999999999-a999", model="claude-haiku-4-5", max_tokens=1024
+    )
+    assert bound == request_size(request)

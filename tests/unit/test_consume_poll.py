@@ -1,0 +1,128 @@
+"""The consume protocol with a poll's store write overlapping the next poll's
+decoding: offsets only for committed polls, a failed write rewinds both polls."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Message, TopicPartition
+from invoice_batch.consumer.service import ConsumerService
+from invoice_batch.schemas.codec import InvoiceCodec
+from prometheus_client import CollectorRegistry
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+
+from invoice_batch.metrics import Metrics
+from invoice_batch.settings import load_settings
+from invoice_batch.store.models import InvoiceRow
+from invoice_batch.store.repository import PendingRow, Store
+from invoice_batch.store.schema import make_engine, upgrade_schema
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def store_offsets(self, offsets: list[TopicPartition]) -> None:
+        self.calls.append(("store", [(tp.partition, tp.offset) for tp in offsets]))
+
+    def commit(self, asynchronous: bool = True) -> None:
+        self.calls.append(("commit", asynchronous))
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition("in", 0), TopicPartition("in", 1)]
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.calls.append(("pause", len(partitions)))
+
+    def seek(self, partition: TopicPartition) -> None:
+        self.calls.append(("seek", (partition.partition, partition.offset)))
+
+
+class FakeDeadLetters:
+    def flush(self) -> None:
+        pass
+
+
+class FailingStore(Store):
+    fail = False
+
+    def add_pending_rows(self, rows: Sequence[PendingRow]) -> int:
+        if self.fail:
+            raise OperationalError("INSERT", {}, Exception("the store is down"))
+        return super().add_pending_rows(rows)
+
+
+def _messages(start: int, count: int, partition: int = 0) -> list[Message]:
+    codec = InvoiceCodec("avro", max_text_bytes=32_768)
+    return [
+        Message(
+            topic="in",
+            partition=partition,
+            offset=offset,
+            key=f"INV-{offset}".encode(),
+            value=codec.encode(
+                {
+                    "invoice_id": f"INV-{partition}-{offset}",
+                    "amount": "10.00",
+                    "currency": "INR",
+                    "supplier": "S",
+                    "raw_text": "text",
+                }
+            ),
+            timestamp=(1, 1_700_000_000_000 + offset),
+        )
+        for offset in range(start, start + count)
+    ]
+
+
+def _service(tmp_path: Path) -> tuple[ConsumerService, FakeConsumer, FailingStore]:
+    url = f"sqlite:///{tmp_path}/store.db"
+    settings = load_settings(
+        {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "DATABASE_URL": url, "ANTHROPIC_API_KEY": "k"}
+    )
+    engine = make_engine(url)
+    upgrade_schema(engine)
+    store = FailingStore(engine)
+    consumer = FakeConsumer()
+    service = ConsumerService(
+        settings,
+        store,
+        consumer,
+        FakeDeadLetters(),
+        None,
+        Metrics(CollectorRegistry()),  # type: ignore[arg-type]
+    )
+    return service, consumer, store
+
+
+def _stored(store: Store) -> int:
+    with store.engine.connect() as connection:
+        return int(connection.execute(select(func.count(InvoiceRow.id))).scalar_one())
+
+
+def test_offsets_are_stored_after_the_poll_is_committed(tmp_path: Path) -> None:
+    service, consumer, store = _service(tmp_path)
+    service.consume_poll(_messages(0, 30))
+    assert consumer.calls == []  # in the writer: nothing stored yet
+    service.consume_poll(_messages(30, 20))
+    assert consumer.calls == [("store", [(0, 30)]), ("commit", True)]
+    service.finish_pending()
+    service.close()
+    assert consumer.calls[2:] == [("store", [(0, 50)]), ("commit", True)]
+    assert _stored(store) == 50
+
+
+def test_a_failed_write_rewinds_both_polls_and_stores_no_offsets(tmp_path: Path) -> None:
+    service, consumer, store = _service(tmp_path)
+    store.fail = True
+    service.consume_poll(_messages(0, 30))
+    service.consume_poll([*_messages(30, 5), *_messages(0, 7, partition=1)])
+    service.close()
+    assert ("pause", 2) in consumer.calls
+    assert sorted(call[1] for call in consumer.calls if call[0] == "seek") == [(0, 0), (1, 0)]
+    assert not [call for call in consumer.calls if call[0] in ("store", "commit")]
+    assert service.store_down
+    assert _stored(store) == 0
