@@ -25,6 +25,7 @@ flight is never mistaken for a lost one.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -41,8 +42,9 @@ from invoice_batch.consumer.flush_policy import (
     next_cutoff,
 )
 
-from invoice_batch.batch_requests import custom_id_for, encode_request
+from invoice_batch.batch_requests import custom_id_for, encode_request_bytes
 from invoice_batch.crash_points import crash_point
+from invoice_batch.invoices import Invoice
 from invoice_batch.logs import get_logger
 from invoice_batch.metrics import Metrics
 from invoice_batch.settings import Settings
@@ -222,21 +224,23 @@ class Flusher:
         """
         # Closed by the caller once the create returned (or here, on a failure).
         body = tempfile.TemporaryFile(prefix="invoice-batch-create-", buffering=1 << 20)  # noqa: SIM115
+        model, max_tokens = self.settings.claude_model, self.settings.claude_max_tokens
+        write, loads, from_json = body.write, json.loads, Invoice.from_json_dict
         try:
-            body.write(b'{"requests": [')
+            write(b'{"requests": [')
             separator = b""
-            for row in self.store.iter_batch_invoices(batch_key):
-                body.write(separator)
-                body.write(
-                    encode_request(
-                        row.invoice,
-                        custom_id=custom_id_for(row.row_id, row.attempts),
-                        model=self.settings.claude_model,
-                        max_tokens=self.settings.claude_max_tokens,
-                    ).encode("ascii")
+            for row_id, attempts, payload in self.store.iter_batch_payloads(batch_key):
+                write(separator)
+                write(
+                    encode_request_bytes(
+                        from_json(loads(payload)),
+                        custom_id=custom_id_for(row_id, attempts),
+                        model=model,
+                        max_tokens=max_tokens,
+                    )
                 )
                 separator = b", "
-            body.write(b"]}")
+            write(b"]}")
             body.seek(0)
         except BaseException:
             body.close()

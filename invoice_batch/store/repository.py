@@ -378,6 +378,18 @@ class Store:
             for row in result:
                 yield _claimed(row)
 
+    def iter_batch_payloads(self, batch_key: str) -> Iterator[tuple[int, int, str]]:
+        """(row id, attempts, payload) of the batch's submitted rows in id order,
+        streamed: only what a create body needs, as plain tuples (whole ORM rows, every
+        column through its result processor, were most of the cost of a body)."""
+        query = (
+            select(InvoiceRow.id, InvoiceRow.attempts, InvoiceRow.payload)
+            .where(InvoiceRow.batch_key == batch_key, InvoiceRow.status == "submitted")
+            .order_by(InvoiceRow.id)
+        )
+        with self.engine.connect() as connection:
+            yield from connection.execution_options(yield_per=2000).execute(query).tuples()
+
     def invoices_by_id(self, batch_key: str, row_ids: Iterable[int]) -> dict[int, ClaimedInvoice]:
         """Rows of this batch still awaiting a result, by row id."""
         found: dict[int, ClaimedInvoice] = {}

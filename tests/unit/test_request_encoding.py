@@ -11,6 +11,7 @@ from invoice_batch.batch_requests import (
     _CUSTOM_ID_MAX,
     build_request,
     encode_request,
+    encode_request_bytes,
     request_size,
     request_size_bound,
 )
@@ -45,6 +46,9 @@ def test_encoded_request_and_size_bound_equal_the_dict_path(
     assert encode_request(
         invoice, custom_id=custom_id, model=model, max_tokens=max_tokens
     ) == json.dumps(built)
+    assert encode_request_bytes(
+        invoice, custom_id=custom_id, model=model, max_tokens=max_tokens
+    ) == json.dumps(built).encode("ascii")
     longest = build_request(invoice, custom_id=_CUSTOM_ID_MAX, model=model, max_tokens=max_tokens)
     assert request_size_bound(invoice, model=model, max_tokens=max_tokens) == request_size(longest)
     assert request_size(built) <= request_size(longest)
