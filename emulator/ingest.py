@@ -43,8 +43,12 @@ INSERT_CHUNK = 2000
 # Chunks buffered between the event loop and the parser: 32 x ~64 KB.
 QUEUE_CHUNKS = 32
 HEAD_BYTES = 1 << 20
-# Text the scanner reads ahead before it cuts requests out of it.
+# Text the scanner reads ahead before it cuts requests out of it, and the least it
+# keeps ahead of the request it parses next: a request cut off by the end of the
+# text read so far is parsed again once more is read (its error costs a scan of
+# the text), so this is larger than any usual request.
 SCAN_BYTES = 1 << 20
+LOOKAHEAD_CHARS = 64 * 1024
 
 DAY_SECONDS = 86_400.0
 ARCHIVE_DAYS = 29
@@ -350,6 +354,8 @@ def _scan_requests(body: BodyPipe) -> Iterator[tuple[Any, str | None]]:
             text.pos = following.end()
             break
         text.pos = following.start(1)
+        if len(text.text) - text.pos < LOOKAHEAD_CHARS:
+            text.read_more()
         while True:
             try:
                 yield _read_request(text)
