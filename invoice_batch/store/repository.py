@@ -388,7 +388,7 @@ class Store:
             .order_by(InvoiceRow.id)
         )
         with self.engine.connect() as connection:
-            yield from connection.execution_options(yield_per=2000).execute(query).tuples()
+            yield from connection.execution_options(yield_per=2000).execute(query)
 
     def invoices_by_id(self, batch_key: str, row_ids: Iterable[int]) -> dict[int, ClaimedInvoice]:
         """Rows of this batch still awaiting a result, by row id."""
