@@ -29,7 +29,6 @@ flight is never mistaken for a lost one.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -48,9 +47,8 @@ from invoice_batch.consumer.flush_policy import (
     next_cutoff,
 )
 
-from invoice_batch.batch_requests import custom_id_for, encode_request_bytes
+from invoice_batch.batch_requests import custom_id_for, encode_request_from_payload
 from invoice_batch.crash_points import crash_point
-from invoice_batch.invoices import Invoice
 from invoice_batch.logs import get_logger
 from invoice_batch.metrics import Metrics
 from invoice_batch.settings import Settings
@@ -302,15 +300,15 @@ class Flusher:
         # Closed by the caller once the create returned (or here, on a failure).
         body = tempfile.TemporaryFile(prefix="invoice-batch-create-", buffering=1 << 20)  # noqa: SIM115
         model, max_tokens = self.settings.claude_model, self.settings.claude_max_tokens
-        write, loads, from_json = body.write, json.loads, Invoice.from_json_dict
+        write, encode = body.write, encode_request_from_payload
         try:
             write(b'{"requests": [')
             separator = b""
             for row_id, attempts, payload in self.store.iter_batch_payloads(batch_key):
                 write(separator)
                 write(
-                    encode_request_bytes(
-                        from_json(loads(payload)),
+                    encode(
+                        payload,
                         custom_id=custom_id_for(row_id, attempts),
                         model=model,
                         max_tokens=max_tokens,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import date
+from decimal import Decimal
 from functools import cache
 from json.encoder import encode_basestring_ascii
 from typing import Any, Final
@@ -194,6 +196,109 @@ def encode_request_bytes(invoice: Invoice, *, custom_id: str, model: str, max_to
     # encode_basestring_ascii is what json.dumps uses for a str with ensure_ascii.
     prompt = encode_basestring_ascii(invoice_prompt(invoice)).encode("ascii")
     return b"".join((head, custom_id.encode("ascii"), middle, prompt, tail))
+
+
+# The stored payload's keys, in the order Invoice.stored_forms writes them.
+_PAYLOAD_KEYS: Final = (
+    "invoice_id",
+    "supplier",
+    "description",
+    "amount",
+    "currency",
+    "invoice_date",
+    "raw_text",
+    "event_time",
+)
+_PAYLOAD_MARKERS: Final = tuple(
+    ("{" if i == 0 else ",") + f'"{key}":' for i, key in enumerate(_PAYLOAD_KEYS)
+)
+
+
+def _payload_values(payload: str) -> list[str] | None:
+    """The JSON text of each value of a payload written by ``Invoice.stored_forms``
+    (compact, keys in its order, every string as ``encode_basestring_ascii`` escapes
+    it), or None for any other form of payload.
+
+    Inside such a string every ``"`` follows a backslash, so a ``,"key":`` found
+    in order is always the key itself. With no ``\\u``, ``\\/`` or DEL, an ASCII
+    payload's strings are in the one form that escaper writes.
+    """
+    if not payload.isascii() or "\\u" in payload or "\\/" in payload or "\x7f" in payload:
+        return None
+    if not payload.startswith(_PAYLOAD_MARKERS[0]) or not payload.endswith("}"):
+        return None
+    values: list[str] = []
+    start = len(_PAYLOAD_MARKERS[0])
+    for marker in _PAYLOAD_MARKERS[1:]:
+        end = payload.find(marker, start)
+        if end < 0:
+            return None
+        values.append(payload[start:end])
+        start = end + len(marker)
+    values.append(payload[start:-1])
+    for value in values:
+        if value == "null":
+            continue
+        # One string, nothing else: a quote inside (escaped or, in another layout,
+        # ending the string) sends the payload down the decoding path.
+        if len(value) < 2 or value[0] != '"' or value[-1] != '"' or '"' in value[1:-1]:
+            return None
+    return values
+
+
+def encode_request_from_payload(
+    payload: str, *, custom_id: str, model: str, max_tokens: int
+) -> bytes:
+    """``encode_request_bytes(Invoice.from_json_dict(json.loads(payload)), ...)``.
+
+    For a payload as ``Invoice.stored_forms`` writes it, the escaped strings the
+    prompt needs are already in it: the prompt's JSON is spliced from them (JSON
+    escaping is per character, so the escape of a concatenation is the
+    concatenation of the escapes) instead of decoding 2 KB and escaping it again.
+    Anything else takes the decoding path.
+    """
+    values = _payload_values(payload)
+    if values is None or not CUSTOM_ID_PATTERN.match(custom_id):
+        return _encode_decoded(payload, custom_id=custom_id, model=model, max_tokens=max_tokens)
+    invoice_id, supplier, description, amount, currency, invoice_date, raw_text, _ = values
+    if invoice_id == "null":
+        return _encode_decoded(payload, custom_id=custom_id, model=model, max_tokens=max_tokens)
+    # The escaped text between the quotes; "" stands for null as well as empty,
+    # which invoice_prompt treats alike for these fields.
+    parts = ["Invoice ID: ", invoice_id[1:-1]]
+    if len(supplier) > 2 and supplier != "null":
+        parts += ["\\nSupplier: ", supplier[1:-1]]
+    if len(description) > 2 and description != "null":
+        parts += ["\\nDescription: ", description[1:-1]]
+    has_currency = currency != "null"
+    if has_currency and ("\\" in currency or currency.endswith(' "')):
+        # rstrip() would act on the decoded text.
+        return _encode_decoded(payload, custom_id=custom_id, model=model, max_tokens=max_tokens)
+    if amount != "null":
+        if amount[0] != '"' or "\\" in amount:
+            return _encode_decoded(payload, custom_id=custom_id, model=model, max_tokens=max_tokens)
+        line = f"Amount: {Decimal(amount[1:-1])} {currency[1:-1] if has_currency else ''}"
+        parts += ["\\n", line.rstrip()]
+    elif has_currency and len(currency) > 2:
+        parts += ["\\nCurrency: ", currency[1:-1]]
+    if invoice_date != "null":
+        if "\\" in invoice_date:
+            return _encode_decoded(payload, custom_id=custom_id, model=model, max_tokens=max_tokens)
+        parts += ["\\nInvoice date: ", date.fromisoformat(invoice_date[1:-1]).isoformat()]
+    if len(raw_text) > 2 and raw_text != "null":
+        parts += ["\\nText: ", raw_text[1:-1]]
+    head, middle, tail = _request_template_bytes(model, max_tokens)
+    prompt = "".join(parts).encode("ascii")
+    return b"".join((head, custom_id.encode("ascii"), middle, b'"', prompt, b'"', tail))
+
+
+def _encode_decoded(payload: str, *, custom_id: str, model: str, max_tokens: int) -> bytes:
+    return encode_request_bytes(
+        Invoice.from_json_dict(json.loads(payload)),
+        custom_id=custom_id,
+        model=model,
+        max_tokens=max_tokens,
+    )
 
 
 def request_size_bound(invoice: Invoice, *, model: str, max_tokens: int) -> int:
