@@ -209,9 +209,8 @@ _PAYLOAD_KEYS: Final = (
     "raw_text",
     "event_time",
 )
-_PAYLOAD_MARKERS: Final = tuple(
-    ("{" if i == 0 else ",") + f'"{key}":' for i, key in enumerate(_PAYLOAD_KEYS)
-)
+_FIRST_MARKER: Final = f'{{"{_PAYLOAD_KEYS[0]}":'
+_NEXT_MARKERS: Final = tuple((f',"{key}":', len(key) + 4) for key in _PAYLOAD_KEYS[1:])
 
 
 def _payload_values(payload: str) -> list[str] | None:
@@ -225,23 +224,25 @@ def _payload_values(payload: str) -> list[str] | None:
     """
     if not payload.isascii() or "\\u" in payload or "\\/" in payload or "\x7f" in payload:
         return None
-    if not payload.startswith(_PAYLOAD_MARKERS[0]) or not payload.endswith("}"):
+    if not payload.startswith(_FIRST_MARKER) or payload[-1] != "}":
         return None
     values: list[str] = []
-    start = len(_PAYLOAD_MARKERS[0])
-    for marker in _PAYLOAD_MARKERS[1:]:
-        end = payload.find(marker, start)
+    find = payload.find
+    start = len(_FIRST_MARKER)
+    for marker, marker_length in _NEXT_MARKERS:
+        end = find(marker, start)
         if end < 0:
             return None
         values.append(payload[start:end])
-        start = end + len(marker)
+        start = end + marker_length
     values.append(payload[start:-1])
     for value in values:
         if value == "null":
             continue
         # One string, nothing else: a quote inside (escaped or, in another layout,
         # ending the string) sends the payload down the decoding path.
-        if len(value) < 2 or value[0] != '"' or value[-1] != '"' or '"' in value[1:-1]:
+        last = len(value) - 1
+        if last < 1 or value[0] != '"' or value[last] != '"' or value.find('"', 1, last) >= 0:
             return None
     return values
 
