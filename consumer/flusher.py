@@ -9,6 +9,10 @@ The submit protocol (``submit_batch``):
    a retried create after a lost response would create a second batch.
 4. Record the API's batch id; the batch is ``open`` and the collector takes it.
 
+When several batches are due, steps 1 and 2 of the next one run while the create
+of the one before is in flight (``_submit_in_turn``); creates still go one at a
+time, in claim order.
+
 What a restart does after a crash at each step:
 
 - during 1: the transaction rolled back; the rows are still pending.
@@ -28,6 +32,8 @@ from __future__ import annotations
 import tempfile
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
@@ -41,7 +47,7 @@ from invoice_batch.consumer.flush_policy import (
     next_cutoff,
 )
 
-from invoice_batch.batch_requests import custom_id_for, encode_request
+from invoice_batch.batch_requests import custom_id_for, encode_request_from_payload
 from invoice_batch.crash_points import crash_point
 from invoice_batch.logs import get_logger
 from invoice_batch.metrics import Metrics
@@ -104,30 +110,59 @@ class Flusher:
 
     def flush_due(self) -> list[str]:
         """Submit batches while the policy says so. Returns the API batch ids created."""
-        created: list[str] = []
-        for _ in range(1_000):  # bound: each round claims at least one row or stops
+        rounds = iter(range(1_000))  # bound: each round claims at least one row or stops
+
+        def next_batch() -> _Prepared | None:
+            if next(rounds, None) is None:
+                return None
             now = self.clock()
             state = self.store.buffer_state()
             self._observe(state.pending_count, state.pending_bytes, state.oldest_received_at, now)
             decision = decide_flush(state, now, self.policy)
             self.last_decision = decision
             if not decision.flush or decision.trigger is None:
-                break
-            batch_id = self.submit_batch(
+                return None
+            return self._prepare(
                 decision.trigger,
                 received_before=decision.received_before,
                 retries_only=decision.trigger == "retry",
             )
-            if batch_id is None:
-                break
-            created.append(batch_id)
-        return created
+
+        return self._submit_in_turn(next_batch)
 
     def flush_all(self, trigger: Trigger = "manual") -> list[str]:
         """Submit everything pending now (``invoice-batch flush --now``)."""
-        created = []
-        while (batch_id := self.submit_batch(trigger)) is not None:
-            created.append(batch_id)
+        return self._submit_in_turn(lambda: self._prepare(trigger))
+
+    def _submit_in_turn(self, next_batch: Callable[[], _Prepared | None]) -> list[str]:
+        """Steps 1–4 for batch after batch, the next one claimed and built while the
+        create of the one before is being sent and validated (the API's time, spent
+        waiting on the socket): a create body takes seconds to build and as long to
+        upload. Creates still go one at a time and in claim order; the first that
+        fails stops the run, and a batch already claimed after it goes back to
+        pending unsent."""
+        created: list[str] = []
+        in_flight: tuple[_Prepared, Future[MessageBatch]] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-create") as sender:
+            try:
+                while True:
+                    prepared = next_batch()
+                    if in_flight is not None:
+                        previous, in_flight = in_flight, None
+                        batch_id = self._finish(*previous)
+                        if batch_id is None:
+                            if prepared is not None:
+                                self._release_unsent(prepared)
+                            break
+                        created.append(batch_id)
+                    if prepared is None:
+                        break
+                    in_flight = (prepared, sender.submit(self._create, prepared.body))
+            finally:
+                # Building the next batch failed: the create already sent still gets
+                # its outcome recorded.
+                if in_flight is not None:
+                    self._finish(*in_flight)
         return created
 
     def _observe(self, count: int, size: int, oldest: datetime | None, now: datetime) -> None:
@@ -148,6 +183,30 @@ class Flusher:
     ) -> str | None:
         """Run the submit protocol once. Returns the API batch id, or None if nothing
         was claimed or the create failed (the failure is logged and counted)."""
+        prepared = self._prepare(
+            trigger, received_before=received_before, retries_only=retries_only
+        )
+        if prepared is None:
+            return None
+        done: Future[MessageBatch] = Future()
+        try:
+            done.set_result(self._create(prepared.body))
+        except Exception as exc:
+            done.set_exception(exc)
+        except BaseException:
+            prepared.body.close()
+            raise
+        return self._finish(prepared, done)
+
+    def _prepare(
+        self,
+        trigger: Trigger,
+        *,
+        received_before: datetime | None = None,
+        retries_only: bool = False,
+    ) -> _Prepared | None:
+        """Steps 1 and 2: claim rows into a ``submitting`` batch and write its body.
+        None when there was nothing to claim."""
         batch_key = "b" + uuid.uuid4().hex
         now = self.clock()
         claimed = self.store.claim_batch(
@@ -163,9 +222,14 @@ class Flusher:
         if not claimed:
             return None
         crash_point("submit.after_claim")
-        body = self._write_body(batch_key)
+        return _Prepared(batch_key, trigger, claimed, self._write_body(batch_key))
+
+    def _finish(self, prepared: _Prepared, create: Future[MessageBatch]) -> str | None:
+        """Steps 3 (its outcome) and 4: record the created batch, or release or leave
+        the rows to reconciliation, as the failure says."""
+        batch_key, trigger, claimed = prepared.batch_key, prepared.trigger, prepared.rows
         try:
-            batch = self._create(body)
+            batch = create.result()
         except anthropic.APIStatusError as exc:
             self.metrics.api_errors.labels("create", _error_type(exc)).inc()
             if exc.status_code in NOT_CREATED_STATUSES:
@@ -196,7 +260,7 @@ class Flusher:
             )
             return None
         finally:
-            body.close()
+            prepared.body.close()
         crash_point("submit.after_create")
         self.store.record_created(
             batch_key, batch.id, self.clock(), self.clock() + FIRST_POLL_DELAY
@@ -212,6 +276,19 @@ class Flusher:
         )
         return batch.id
 
+    def _release_unsent(self, prepared: _Prepared) -> None:
+        """A batch claimed while the create before it was in flight, not sent because
+        that create failed: its rows go back to pending, the attempt undone."""
+        prepared.body.close()
+        released = self.store.release_batch(
+            prepared.batch_key, "not sent: the create before it failed"
+        )
+        log.info(
+            "claimed batch not sent after a failed create; rows back to pending",
+            batch_key=prepared.batch_key,
+            rows=released,
+        )
+
     def _write_body(self, batch_key: str) -> IO[bytes]:
         """Step 2: the create body, one request per claimed row, in a temporary file.
 
@@ -222,21 +299,23 @@ class Flusher:
         """
         # Closed by the caller once the create returned (or here, on a failure).
         body = tempfile.TemporaryFile(prefix="invoice-batch-create-", buffering=1 << 20)  # noqa: SIM115
+        model, max_tokens = self.settings.claude_model, self.settings.claude_max_tokens
+        write, encode = body.write, encode_request_from_payload
         try:
-            body.write(b'{"requests": [')
+            write(b'{"requests": [')
             separator = b""
-            for row in self.store.iter_batch_invoices(batch_key):
-                body.write(separator)
-                body.write(
-                    encode_request(
-                        row.invoice,
-                        custom_id=custom_id_for(row.row_id, row.attempts),
-                        model=self.settings.claude_model,
-                        max_tokens=self.settings.claude_max_tokens,
-                    ).encode("ascii")
+            for row_id, attempts, payload in self.store.iter_batch_payloads(batch_key):
+                write(separator)
+                write(
+                    encode(
+                        payload,
+                        custom_id=custom_id_for(row_id, attempts),
+                        model=model,
+                        max_tokens=max_tokens,
+                    )
                 )
                 separator = b", "
-            body.write(b"]}")
+            write(b"]}")
             body.seek(0)
         except BaseException:
             body.close()
@@ -297,6 +376,16 @@ class Flusher:
                     batch_key=row.key,
                     rows=released,
                 )
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A claimed batch and its create body, ready to send."""
+
+    batch_key: str
+    trigger: Trigger
+    rows: int
+    body: IO[bytes]
 
 
 def _total(counts: Any) -> int:

@@ -25,6 +25,7 @@ from .config import ConfigError, EmulatorConfig, FaultSettings, HttpFault
 from .faults import FaultState
 from .ingest import MAX_BODY_BYTES, BodyAborted, BodyPipe, CreateRejected, ingest_create
 from .outcomes import terminal_line
+from .progress import CreatesInFlight
 from .store import Store
 from .wire import STATUS_BY_ERROR, BatchRow, ErrorType, error_body, new_request_id, rfc3339
 
@@ -181,8 +182,10 @@ class EmulatorApp:
         salt: str,
         config: EmulatorConfig,
         on_ready: Callable[[], None] | None = None,
+        creates: CreatesInFlight | None = None,
     ) -> None:
         self.store = store
+        self.creates = creates or CreatesInFlight()
         self.api_key = config_api_key
         self.faults = faults
         self.salt = salt
@@ -327,6 +330,10 @@ class EmulatorApp:
         return batch
 
     async def _create(self, call: Call, _: str, api_version: str, rule: HttpFault | None) -> None:
+        with self.creates.running():
+            await self._receive_create(call, api_version, rule)
+
+    async def _receive_create(self, call: Call, api_version: str, rule: HttpFault | None) -> None:
         declared = call.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             await call.drain()

@@ -1,20 +1,29 @@
 """Accepting a create: stream-parse the request body into SQLite rows.
 
 The body (up to 256 MB) is never held whole: the event loop feeds received
-chunks into a small bounded queue, a worker thread parses them with ijson and
-inserts request rows in chunks. The synchronous rules (1..100,000 requests,
-custom_id pattern and uniqueness, params an object) are checked while parsing;
-the first broken one rejects the whole create and its rows are deleted.
+chunks into a small bounded queue, a worker thread parses them and inserts
+request rows in chunks. The synchronous rules (1..100,000 requests, custom_id
+pattern and uniqueness, params an object) are checked while parsing; the first
+broken one rejects the whole create and its rows are deleted.
+
+A body laid out as clients write it (``{"requests": [{"custom_id": ..,
+"params": {..}}, ..]}``, any JSON whitespace) is cut into requests by the json
+module's C scanner, one value at a time, and each request's ``params`` is
+stored as the exact text the client sent: every byte is still parsed once (so
+malformed JSON is refused as before), but nothing is parsed twice or
+re-serialized. Any other layout goes through ijson.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import queue
 import re
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import ijson
@@ -34,6 +43,12 @@ INSERT_CHUNK = 2000
 # Chunks buffered between the event loop and the parser: 32 x ~64 KB.
 QUEUE_CHUNKS = 32
 HEAD_BYTES = 1 << 20
+# Text the scanner reads ahead before it cuts requests out of it, and the least it
+# keeps ahead of the request it parses next: a request cut off by the end of the
+# text read so far is parsed again once more is read (its error costs a scan of
+# the text), so this is larger than any usual request.
+SCAN_BYTES = 1 << 20
+LOOKAHEAD_CHARS = 64 * 1024
 
 DAY_SECONDS = 86_400.0
 ARCHIVE_DAYS = 29
@@ -205,26 +220,230 @@ def ingest_create(
         conn.close()
 
 
+# JSON whitespace only (str.isspace and regex \s also take Unicode spaces).
+_WS = "[ \t\n\r]*"
+_BODY_HEAD = re.compile(rf'{_WS}\{{{_WS}"requests"{_WS}:{_WS}\[{_WS}')
+_ITEM_HEAD = re.compile(rf'\{{{_WS}"custom_id"{_WS}:{_WS}')
+_ITEM_MIDDLE = re.compile(rf'{_WS},{_WS}"params"{_WS}:{_WS}')
+_ITEM_END = re.compile(rf"{_WS}\}}")
+_AFTER_ITEM = re.compile(rf"{_WS}([^ \t\n\r])")
+_SPACE = " \t\n\r"
+
+
+def _no_constants(name: str) -> Any:
+    raise CreateRejected(f"Request body is not valid JSON: {name} is not allowed")
+
+
+# Strict JSON: the json module would otherwise take NaN and Infinity.
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+
+
+class _NeedMore(Exception):
+    """The text read so far ends inside the value being parsed."""
+
+
+def _maybe_truncated(exc: json.JSONDecodeError, length: int) -> bool:
+    """Whether the error may only mean that the text ends too early. The C scanner
+    reports a value cut off by the end of the text at the cut (a literal or an
+    escape a few characters before it), except an unterminated string, which it
+    reports where the string began."""
+    return exc.pos >= length - 16 or exc.msg.startswith("Unterminated string")
+
+
+class _BodyText:
+    """The body as text, read from the pipe as the scanner asks for it."""
+
+    def __init__(self, body: BodyPipe, first: bytes) -> None:
+        self._body = body
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self.eof = False
+        self.text = ""
+        self.pos = 0
+        # Characters of the body dropped from the front of `text`.
+        self.dropped = 0
+        self._add([first])
+
+    def _add(self, chunks: list[bytes]) -> None:
+        try:
+            added = [self._decoder.decode(chunk) for chunk in chunks]
+            if self.eof:
+                added.append(self._decoder.decode(b"", final=True))
+        except UnicodeDecodeError as exc:
+            raise CreateRejected(f"Request body is not valid JSON: {exc}") from exc
+        self.dropped += self.pos
+        self.text = self.text[self.pos :] + "".join(added)
+        self.pos = 0
+
+    def read_more(self) -> None:
+        """At least SCAN_BYTES more (twice what is unparsed, for a large value), or
+        everything up to the end of the body."""
+        if self.eof:
+            return
+        wanted = max(SCAN_BYTES, 2 * (len(self.text) - self.pos))
+        chunks: list[bytes] = []
+        got = 0
+        while got < wanted:
+            chunk = self._body.read()
+            if not chunk:
+                self.eof = True
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        self._add(chunks)
+
+    def decode(self, start: int) -> tuple[Any, int]:
+        """The JSON value at ``start`` and where it ends; _NeedMore when the text
+        read so far ends inside it."""
+        try:
+            return _DECODER.raw_decode(self.text, start)
+        except json.JSONDecodeError as exc:
+            if not self.eof and _maybe_truncated(exc, len(self.text)):
+                raise _NeedMore() from None
+            raise CreateRejected(
+                f"Request body is not valid JSON: {exc.msg} at character {self.dropped + exc.pos}"
+            ) from None
+
+
+def _read_request(text: _BodyText) -> tuple[Any, str | None]:
+    """The request at ``text.pos`` and, in the usual layout (custom_id first, then
+    params, nothing else), the exact text of its params; moves past it."""
+    start = text.pos
+    body = text.text
+    head = _ITEM_HEAD.match(body, start)
+    if head is not None:
+        custom_id, end = text.decode(head.end())
+        middle = _ITEM_MIDDLE.match(body, end)
+        if isinstance(custom_id, str) and middle is not None:
+            params, params_end = text.decode(middle.end())
+            close = _ITEM_END.match(body, params_end)
+            if close is not None:
+                text.pos = close.end()
+                return {"custom_id": custom_id, "params": params}, body[middle.end() : params_end]
+    item, end = text.decode(start)
+    text.pos = end
+    return item, None
+
+
+def _scan_requests(body: BodyPipe) -> Iterator[tuple[Any, str | None]]:
+    """Each request of the body with its params text (None: re-serialize params)."""
+    first = bytearray()
+    while len(first) < 4096:
+        chunk = body.read()
+        if not chunk:
+            break
+        first += chunk
+    head_text = bytes(first[:4096]).decode("utf-8", "ignore")
+    if _BODY_HEAD.match(head_text) is None:
+        yield from _ijson_requests(_Replay(bytes(first), body))
+        return
+    text = _BodyText(body, bytes(first))
+    match = _BODY_HEAD.match(text.text)
+    assert match is not None
+    text.pos = match.end()
+    count = 0
+    while True:
+        # Next: a request, or the end of an empty list.
+        while True:
+            following = _AFTER_ITEM.match(text.text, text.pos)
+            if following is not None or text.eof:
+                break
+            text.read_more()
+        if following is None:
+            raise CreateRejected("Request body is not valid JSON: the body ends too early")
+        if count == 0 and following.group(1) == "]":
+            text.pos = following.end()
+            break
+        text.pos = following.start(1)
+        if len(text.text) - text.pos < LOOKAHEAD_CHARS:
+            text.read_more()
+        while True:
+            try:
+                yield _read_request(text)
+                break
+            except _NeedMore:
+                text.read_more()
+        count += 1
+        # Then a comma, or the end of the list.
+        while True:
+            following = _AFTER_ITEM.match(text.text, text.pos)
+            if following is not None or text.eof:
+                break
+            text.read_more()
+        if following is None:
+            raise CreateRejected("Request body is not valid JSON: the body ends too early")
+        text.pos = following.end()
+        if following.group(1) == "]":
+            break
+        if following.group(1) != ",":
+            raise CreateRejected(
+                f"Request body is not valid JSON: expected ',' or ']' after requests.{count - 1}"
+            )
+    _check_rest(text, count)
+
+
+def _check_rest(text: _BodyText, count: int) -> None:
+    """What follows the request list: the closing brace, maybe other keys."""
+    while not text.eof and len(text.text) - text.pos <= HEAD_BYTES:
+        text.read_more()
+    rest = text.text[text.pos :]
+    if rest.strip(_SPACE) == "}" or count == 0:
+        return  # an empty list is explained by the caller
+    if not text.eof:
+        raise CreateRejected("Request body is not valid JSON: unexpected data after requests")
+    try:
+        document = json.loads('{"requests": []' + rest)
+    except ValueError as exc:
+        raise CreateRejected(f"Request body is not valid JSON: {exc}") from None
+    for key in document:
+        if key != "requests":
+            raise CreateRejected(f"{key}: Extra inputs are not permitted")
+
+
+class _Replay:
+    """A file-like ``read()`` giving the bytes already taken from the pipe first."""
+
+    def __init__(self, first: bytes, body: BodyPipe) -> None:
+        self._first: bytes | None = first
+        self._body = body
+
+    def read(self, size: int = -1) -> bytes:
+        if size == 0:
+            return b""
+        if self._first:
+            first, self._first = self._first, None
+            return first
+        return self._body.read(size)
+
+
+def _ijson_requests(source: Any) -> Iterator[tuple[Any, str | None]]:
+    # ijson's C backend straight on the pipe: wrapping its events in Python
+    # would double the parse time of a 256 MB body.
+    try:
+        for item in ijson.items(source, "requests.item", use_float=True):
+            yield item, None
+    except ijson.JSONError as exc:
+        raise CreateRejected(f"Request body is not valid JSON: {exc}") from exc
+
+
 def _insert_requests(conn: Any, seq: int, body: BodyPipe) -> int:
     seen: set[str] = set()
     rows: list[tuple[int, int, str, bytes]] = []
     count = 0
     insert = "INSERT INTO requests (batch_seq, idx, custom_id, params) VALUES (?, ?, ?, ?)"
-    try:
-        # ijson's C backend straight on the pipe: wrapping its events in Python
-        # would double the parse time of a 256 MB body.
-        for item in ijson.items(body, "requests.item", use_float=True):
-            if count < MAX_REQUESTS:
-                custom_id, params = _check_request(count, item, seen)
-                encoded = json.dumps(params, separators=(",", ":"), ensure_ascii=False).encode()
-                rows.append((seq, count, custom_id, encoded))
-                if len(rows) >= INSERT_CHUNK:
-                    conn.executemany(insert, rows)
-                    conn.commit()
-                    rows.clear()
-            count += 1
-    except ijson.JSONError as exc:
-        raise CreateRejected(f"Request body is not valid JSON: {exc}") from exc
+    for item, params_text in _scan_requests(body):
+        if count < MAX_REQUESTS:
+            custom_id, params = _check_request(count, item, seen)
+            encoded = (
+                params_text.encode()
+                if params_text is not None
+                else json.dumps(params, separators=(",", ":"), ensure_ascii=False).encode()
+            )
+            rows.append((seq, count, custom_id, encoded))
+            if len(rows) >= INSERT_CHUNK:
+                conn.executemany(insert, rows)
+                conn.commit()
+                rows.clear()
+        count += 1
     if count == 0:
         raise CreateRejected(_explain_no_requests(body))
     if count > MAX_REQUESTS:

@@ -19,7 +19,7 @@ import uvicorn
 from .app import EmulatorApp
 from .config import EmulatorConfig
 from .faults import FaultState
-from .progress import BatchWorker
+from .progress import BatchWorker, CreatesInFlight
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,8 @@ def serve(config: EmulatorConfig) -> None:
         salt = f"salt:{store.meta_value('salt')}"
         fault_seed = int(store.meta_value("fault_seed"))
     faults = FaultState(config.faults, fault_seed)
-    worker = BatchWorker(store, config, faults, salt)
+    creates = CreatesInFlight()
+    worker = BatchWorker(store, config, faults, salt, creates)
     sock = _bind(config.host, config.port)
     port = sock.getsockname()[1]
     shown_host = f"[{config.host}]" if ":" in config.host else config.host
@@ -72,6 +73,7 @@ def serve(config: EmulatorConfig) -> None:
         salt=salt,
         config=config,
         on_ready=announce,
+        creates=creates,
     )
     server = uvicorn.Server(
         uvicorn.Config(

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import date
+from decimal import Decimal
 from functools import cache
+from json.encoder import encode_basestring_ascii
 from typing import Any, Final
 
 from invoice_batch.invoices import Invoice
@@ -178,6 +181,129 @@ def encode_request(invoice: Invoice, *, custom_id: str, model: str, max_tokens: 
         raise ValueError(f"custom_id {custom_id!r} does not match the API's pattern")
     head, middle, tail = _request_template(model, max_tokens)
     return head + json.dumps(custom_id) + middle + json.dumps(invoice_prompt(invoice)) + tail
+
+
+@cache
+def _request_template_bytes(model: str, max_tokens: int) -> tuple[bytes, bytes, bytes]:
+    """The template as ASCII bytes, with the quotes around the custom_id moved into
+    its head and middle (an id matching CUSTOM_ID_PATTERN needs no escaping)."""
+    head, middle, tail = _request_template(model, max_tokens)
+    return (head + '"').encode("ascii"), ('"' + middle).encode("ascii"), tail.encode("ascii")
+
+
+def encode_request_bytes(invoice: Invoice, *, custom_id: str, model: str, max_tokens: int) -> bytes:
+    """``encode_request(...).encode("ascii")``, joined once from pre-encoded parts:
+    no 4 KB string is built and then encoded again for every request."""
+    if not CUSTOM_ID_PATTERN.match(custom_id):
+        raise ValueError(f"custom_id {custom_id!r} does not match the API's pattern")
+    head, middle, tail = _request_template_bytes(model, max_tokens)
+    # encode_basestring_ascii is what json.dumps uses for a str with ensure_ascii.
+    prompt = encode_basestring_ascii(invoice_prompt(invoice)).encode("ascii")
+    return b"".join((head, custom_id.encode("ascii"), middle, prompt, tail))
+
+
+# The stored payload's keys, in the order Invoice.stored_forms writes them.
+_PAYLOAD_KEYS: Final = (
+    "invoice_id",
+    "supplier",
+    "description",
+    "amount",
+    "currency",
+    "invoice_date",
+    "raw_text",
+    "event_time",
+)
+_FIRST_MARKER: Final = f'{{"{_PAYLOAD_KEYS[0]}":'
+_NEXT_MARKERS: Final = tuple((f',"{key}":', len(key) + 4) for key in _PAYLOAD_KEYS[1:])
+
+
+def _payload_values(payload: str) -> list[str] | None:
+    """The JSON text of each value of a payload written by ``Invoice.stored_forms``
+    (compact, keys in its order, every string as ``encode_basestring_ascii`` escapes
+    it), or None for any other form of payload.
+
+    Inside such a string every ``"`` follows a backslash, so a ``,"key":`` found
+    in order is always the key itself. With no ``\\u``, ``\\/`` or DEL, an ASCII
+    payload's strings are in the one form that escaper writes.
+    """
+    if not payload.isascii() or "\\u" in payload or "\\/" in payload or "\x7f" in payload:
+        return None
+    if not payload.startswith(_FIRST_MARKER) or payload[-1] != "}":
+        return None
+    values: list[str] = []
+    find = payload.find
+    start = len(_FIRST_MARKER)
+    for marker, marker_length in _NEXT_MARKERS:
+        end = find(marker, start)
+        if end < 0:
+            return None
+        values.append(payload[start:end])
+        start = end + marker_length
+    values.append(payload[start:-1])
+    for value in values:
+        if value == "null":
+            continue
+        # One string, nothing else: a quote inside (escaped or, in another layout,
+        # ending the string) sends the payload down the decoding path.
+        last = len(value) - 1
+        if last < 1 or value[0] != '"' or value[last] != '"' or value.find('"', 1, last) >= 0:
+            return None
+    return values
+
+
+def encode_request_from_payload(
+    payload: str, *, custom_id: str, model: str, max_tokens: int
+) -> bytes:
+    """``encode_request_bytes(Invoice.from_json_dict(json.loads(payload)), ...)``.
+
+    For a payload as ``Invoice.stored_forms`` writes it, the escaped strings the
+    prompt needs are already in it: the prompt's JSON is spliced from them (JSON
+    escaping is per character, so the escape of a concatenation is the
+    concatenation of the escapes) instead of decoding 2 KB and escaping it again.
+    Anything else takes the decoding path.
+    """
+    values = _payload_values(payload)
+    if values is None or not CUSTOM_ID_PATTERN.match(custom_id):
+        return _encode_decoded(payload, custom_id=custom_id, model=model, max_tokens=max_tokens)
+    invoice_id, supplier, description, amount, currency, invoice_date, raw_text, _ = values
+    if invoice_id == "null":
+        return _encode_decoded(payload, custom_id=custom_id, model=model, max_tokens=max_tokens)
+    # The escaped text between the quotes; "" stands for null as well as empty,
+    # which invoice_prompt treats alike for these fields.
+    parts = ["Invoice ID: ", invoice_id[1:-1]]
+    if len(supplier) > 2 and supplier != "null":
+        parts += ["\\nSupplier: ", supplier[1:-1]]
+    if len(description) > 2 and description != "null":
+        parts += ["\\nDescription: ", description[1:-1]]
+    has_currency = currency != "null"
+    if has_currency and ("\\" in currency or currency.endswith(' "')):
+        # rstrip() would act on the decoded text.
+        return _encode_decoded(payload, custom_id=custom_id, model=model, max_tokens=max_tokens)
+    if amount != "null":
+        if amount[0] != '"' or "\\" in amount:
+            return _encode_decoded(payload, custom_id=custom_id, model=model, max_tokens=max_tokens)
+        line = f"Amount: {Decimal(amount[1:-1])} {currency[1:-1] if has_currency else ''}"
+        parts += ["\\n", line.rstrip()]
+    elif has_currency and len(currency) > 2:
+        parts += ["\\nCurrency: ", currency[1:-1]]
+    if invoice_date != "null":
+        if "\\" in invoice_date:
+            return _encode_decoded(payload, custom_id=custom_id, model=model, max_tokens=max_tokens)
+        parts += ["\\nInvoice date: ", date.fromisoformat(invoice_date[1:-1]).isoformat()]
+    if len(raw_text) > 2 and raw_text != "null":
+        parts += ["\\nText: ", raw_text[1:-1]]
+    head, middle, tail = _request_template_bytes(model, max_tokens)
+    prompt = "".join(parts).encode("ascii")
+    return b"".join((head, custom_id.encode("ascii"), middle, b'"', prompt, b'"', tail))
+
+
+def _encode_decoded(payload: str, *, custom_id: str, model: str, max_tokens: int) -> bytes:
+    return encode_request_bytes(
+        Invoice.from_json_dict(json.loads(payload)),
+        custom_id=custom_id,
+        model=model,
+        max_tokens=max_tokens,
+    )
 
 
 def request_size_bound(

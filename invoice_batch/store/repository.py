@@ -71,11 +71,12 @@ def _insert_sqlite_sql(rows: int) -> str:
     )
 
 
-# Pages in SQLite's WAL before the committing connection copies them into the
-# database (the default is 1,000). A poll of 1,000 rows of ~4 KB writes more than
-# that, so the default checkpoints (and fsyncs) at every commit; 16,000 pages (64 MB)
-# checkpoints every few polls, each page once.
-_SQLITE_WAL_AUTOCHECKPOINT = 16_000
+# Bytes in SQLite's WAL before the committing connection copies them into the
+# database (the default is 1,000 pages: 4 MB with 4 KB pages). A poll of ~4 KB rows
+# writes more than 4 MB, so that default checkpoints (and fsyncs) at every commit;
+# 64 MB checkpoints every few polls, each page once. Files made by make_engine have
+# 64 KB pages, where the default already comes to 64 MB.
+_SQLITE_WAL_CHECKPOINT_BYTES = 64 * 1024 * 1024
 
 # PostgreSQL: the whole poll in one statement, each column an array parameter sent in
 # binary (no per-row formatting or escaping on either side), inserted in list order.
@@ -103,7 +104,9 @@ def _insert_sqlite(connection: Connection, batch: Sequence[PendingRow]) -> int:
     assert driver is not None
     info = connection.connection.info
     if not info.get("ingest_checkpoint"):
-        driver.execute(f"PRAGMA wal_autocheckpoint={_SQLITE_WAL_AUTOCHECKPOINT}")
+        (page_size,) = driver.execute("PRAGMA page_size").fetchone()
+        pages = max(1_000, _SQLITE_WAL_CHECKPOINT_BYTES // int(page_size))
+        driver.execute(f"PRAGMA wal_autocheckpoint={pages}")
         info["ingest_checkpoint"] = True
     accepted = 0
     for start in range(0, len(batch), _SQLITE_ROWS_PER_STATEMENT):
@@ -418,6 +421,18 @@ class Store:
             result = connection.execution_options(yield_per=1000).execute(query)
             for row in result:
                 yield _claimed(row)
+
+    def iter_batch_payloads(self, batch_key: str) -> Iterator[tuple[int, int, str]]:
+        """(row id, attempts, payload) of the batch's submitted rows in id order,
+        streamed: only what a create body needs, as plain tuples (whole ORM rows, every
+        column through its result processor, were most of the cost of a body)."""
+        query = (
+            select(InvoiceRow.id, InvoiceRow.attempts, InvoiceRow.payload)
+            .where(InvoiceRow.batch_key == batch_key, InvoiceRow.status == "submitted")
+            .order_by(InvoiceRow.id)
+        )
+        with self.engine.connect() as connection:
+            yield from connection.execution_options(yield_per=2000).execute(query)
 
     def invoices_by_id(
         self, batch_key: str, row_ids: Iterable[int], *, sources: bool = True

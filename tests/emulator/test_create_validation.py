@@ -3,6 +3,7 @@ naming the offending request, and nothing is stored."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +11,13 @@ import anthropic
 import httpx
 import pytest
 
-from .conftest import invoice_params, raw_headers, request_log, simple_requests
+from .conftest import (
+    invoice_params,
+    raw_headers,
+    request_log,
+    simple_requests,
+    wait_until_ended,
+)
 
 
 def create_error(client: anthropic.Anthropic, requests: Any) -> dict[str, Any]:
@@ -195,3 +202,68 @@ def test_one_request_params_are_not_checked_at_create_time(client: anthropic.Ant
     good = {"custom_id": "good", "params": invoice_params("Invoice ID: A\nDescription: laptop")}
     batch = client.messages.batches.create(requests=[bad, good])  # type: ignore[list-item]
     assert batch.request_counts.processing == 2
+
+
+def _post(emulator_url: str, body: bytes) -> httpx.Response:
+    return httpx.post(
+        f"{emulator_url}/v1/messages/batches",
+        headers={**raw_headers(), "content-type": "application/json"},
+        content=body,
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"requests": [{"custom_id": "a", "params": {}},]}',
+        b'{"requests": [{"custom_id": "a", "params": {}} {"custom_id": "b", "params": {}}]}',
+        b'{"requests": [{"custom_id": "a", "params": {"x": NaN}}]}',
+        b'{"requests": [{"custom_id": "a", "params": {"x": "\xff"}}]}',
+        b'{"requests": [{"custom_id": "a", "params": {}}]}trailing',
+        b'{"requests": [{"custom_id": "a", "params": {"x": [1, 2}}]}',
+    ],
+)
+def test_a_body_that_is_not_strict_json_is_a_400(emulator_url: str, body: bytes) -> None:
+    response = _post(emulator_url, body)
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert response.json()["error"]["message"].startswith("Request body is not valid JSON")
+
+
+def test_other_top_level_keys_beside_requests_are_rejected(emulator_url: str) -> None:
+    response = _post(emulator_url, b'{"requests": [{"custom_id": "a", "params": {}}], "x": 1}')
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "x: Extra inputs are not permitted"
+
+
+def test_requests_in_any_key_order_and_spacing_are_taken(emulator_url: str) -> None:
+    params = json.dumps(invoice_params("Invoice ID: A\nDescription: laptop")).encode()
+    body = (
+        b'\n{ "requests" :\n[ {"params": ' + params + b', "custom_id": "first"},\r\n'
+        b'{\t"custom_id"\t:\t"second" ,"params":' + params + b" }\n]\n}\n"
+    )
+    response = _post(emulator_url, body)
+    assert response.status_code == 200, response.text
+    assert response.json()["request_counts"]["processing"] == 2
+    logged = [
+        e["custom_id"] for e in request_log(emulator_url) if e["batch_id"] == response.json()["id"]
+    ]
+    assert logged == ["first", "second"]
+
+
+def test_a_body_arriving_in_tiny_pieces_is_parsed_whole(
+    client: anthropic.Anthropic, emulator_url: str
+) -> None:
+    requests = simple_requests(3, prefix="pieces")
+    requests[1]["params"]["messages"][0]["content"] = 'Déjà vu: €5, 😀 \\ " \u2028 done'
+    body = json.dumps({"requests": requests}, ensure_ascii=False).encode()
+    response = httpx.post(
+        f"{emulator_url}/v1/messages/batches",
+        headers={**raw_headers(), "content-type": "application/json"},
+        content=(body[i : i + 3] for i in range(0, len(body), 3)),
+    )
+    assert response.status_code == 200, response.text
+    batch = wait_until_ended(client, response.json()["id"])
+    assert batch.request_counts.succeeded == 3
+    results = {r.custom_id: r.result.type for r in client.messages.batches.results(batch.id)}
+    assert results == {r["custom_id"]: "succeeded" for r in requests}
