@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from invoice_batch.kafka import consumer_config
 from invoice_batch.settings import Settings
 
 # How long reading the output back may take before the pass gives up (and retries).
@@ -32,12 +33,9 @@ class OutputLog:
         self.decode = decode
         self.timeout = settings.shutdown_timeout_seconds
         self._config = {
-            **settings.librdkafka(),
+            **consumer_config(settings),
             # Assigned partitions only: the group is never joined and nothing is committed.
             "group.id": f"{settings.consumer_group}-readback-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "enable.partition.eof": False,
             "isolation.level": "read_committed",
         }
         self._consumer: Consumer | None = None

@@ -221,6 +221,7 @@ class CollectorService:
         # published: one mark_done at a time, waited for before the next is handed over.
         self._marker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mark-done")
         self._marking: Future[int] | None = None
+        self._lease_renewed = 0.0
         # Retention and the morning summary (invoice_batch.daily): called once per loop
         # pass; it returns at once unless something is due, and never raises.
         self.daily_tasks = daily_tasks
@@ -381,7 +382,7 @@ class CollectorService:
         chunk: list[tuple[int, ResultBody]] = []
         usage = Usage()
         cost = Decimal(0)
-        lease_renewed = time.monotonic()
+        self._lease_renewed = time.monotonic()
         for custom_id, body in read_results(self.client, batch.api_batch_id):
             row_id = row_id_from(custom_id)
             if row_id is None or row_id in seen:
@@ -397,14 +398,9 @@ class CollectorService:
                 if stop is not None and stop.is_set():
                     raise Stopping("stop requested mid-results; the lease is handed back")
                 crash_point("collect.mid_results")
-                if time.monotonic() - lease_renewed > self.lease.total_seconds() / 3:
-                    self._renew_lease(batch)
-                    lease_renewed = time.monotonic()
                 chunk_usage, chunk_cost = self._process_chunk(batch, chunk)
                 usage, cost, chunk = usage + chunk_usage, cost + chunk_cost, []
         if chunk:
-            if time.monotonic() - lease_renewed > self.lease.total_seconds() / 3:
-                self._renew_lease(batch)
             chunk_usage, chunk_cost = self._process_chunk(batch, chunk)
             usage, cost = usage + chunk_usage, cost + chunk_cost
         return usage, cost
@@ -438,9 +434,14 @@ class CollectorService:
         if marking is not None:
             marking.result()
 
-    def _renew_lease(self, batch: BatchRow) -> None:
+    def _keep_lease(self, batch: BatchRow) -> None:
+        """Before a chunk is published: renew the lease once a third of it has
+        passed; a collector that lost it to another must not publish."""
+        if time.monotonic() - self._lease_renewed <= self.lease.total_seconds() / 3:
+            return
         if not self.store.renew_lease(batch.key, self.owner, self.clock() + self.lease):
             raise LeaseLost("another collector took the batch over")
+        self._lease_renewed = time.monotonic()
 
     def _drain(self, batch: BatchRow, stop: threading.Event | None) -> None:
         """Wait until every queued record is delivered or failed for good, keeping the
@@ -475,6 +476,7 @@ class CollectorService:
         self, batch: BatchRow, chunk: list[tuple[int, ResultBody]]
     ) -> tuple[Usage, Decimal]:
         assert batch.api_batch_id is not None
+        self._keep_lease(batch)
         rows = self.store.invoices_by_id(batch.key, (row_id for row_id, _ in chunk), sources=False)
         now = self.clock()
         done: list[DoneResult] = []

@@ -324,6 +324,18 @@ def _read_request(text: _BodyText) -> tuple[Any, str | None]:
     return item, None
 
 
+def _after_item(text: _BodyText) -> re.Match[str]:
+    """What follows the list's opening or an item (whitespace, then ``,``, ``]`` or
+    the next item), reading on until it is there; rejects a body that ends first."""
+    while True:
+        following = _AFTER_ITEM.match(text.text, text.pos)
+        if following is not None:
+            return following
+        if text.eof:
+            raise CreateRejected("Request body is not valid JSON: the body ends too early")
+        text.read_more()
+
+
 def _scan_requests(body: BodyPipe) -> Iterator[tuple[Any, str | None]]:
     """Each request of the body with its params text (None: re-serialize params)."""
     first = bytearray()
@@ -343,13 +355,7 @@ def _scan_requests(body: BodyPipe) -> Iterator[tuple[Any, str | None]]:
     count = 0
     while True:
         # Next: a request, or the end of an empty list.
-        while True:
-            following = _AFTER_ITEM.match(text.text, text.pos)
-            if following is not None or text.eof:
-                break
-            text.read_more()
-        if following is None:
-            raise CreateRejected("Request body is not valid JSON: the body ends too early")
+        following = _after_item(text)
         if count == 0 and following.group(1) == "]":
             text.pos = following.end()
             break
@@ -364,13 +370,7 @@ def _scan_requests(body: BodyPipe) -> Iterator[tuple[Any, str | None]]:
                 text.read_more()
         count += 1
         # Then a comma, or the end of the list.
-        while True:
-            following = _AFTER_ITEM.match(text.text, text.pos)
-            if following is not None or text.eof:
-                break
-            text.read_more()
-        if following is None:
-            raise CreateRejected("Request body is not valid JSON: the body ends too early")
+        following = _after_item(text)
         text.pos = following.end()
         if following.group(1) == "]":
             break

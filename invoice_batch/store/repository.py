@@ -616,11 +616,7 @@ class Store:
                 .where(BatchRow.key == batch_key, BatchRow.lease_owner == owner)
                 .values(
                     processing_status=processing_status,
-                    processing=counts.processing,
-                    succeeded=counts.succeeded,
-                    errored=counts.errored,
-                    canceled=counts.canceled,
-                    expired=counts.expired,
+                    **_count_values(counts),
                     next_poll_at=next_poll_at,
                     polls=BatchRow.polls + 1,
                     ended_at=ended_at,
@@ -774,11 +770,7 @@ class Store:
                     status="done",
                     done_at=now,
                     processing_status="ended",
-                    processing=counts.processing,
-                    succeeded=counts.succeeded,
-                    errored=counts.errored,
-                    canceled=counts.canceled,
-                    expired=counts.expired,
+                    **_count_values(counts),
                     ended_at=ended_at,
                     lease_owner=None,
                     lease_until=None,
@@ -814,6 +806,17 @@ class Store:
                     .limit(limit)
                 )
             ]
+
+
+def _count_values(counts: BatchCounts) -> dict[str, int]:
+    """A batch row's request-count columns from what the API reported."""
+    return {
+        "processing": counts.processing,
+        "succeeded": counts.succeeded,
+        "errored": counts.errored,
+        "canceled": counts.canceled,
+        "expired": counts.expired,
+    }
 
 
 def encode_offsets(offsets: Mapping[int, int]) -> str:

@@ -46,7 +46,6 @@ from typing import Any
 
 import anthropic
 import httpx
-from confluent_kafka import Producer
 from invoice_batch.collector.service import result_body
 from invoice_batch.schemas.codec import InvoiceCodec
 
@@ -54,7 +53,7 @@ from invoice_batch.batch_requests import row_id_from
 from invoice_batch.broker import free_port, start_broker, stop_process, wait_for_port
 from invoice_batch.crash_points import CRASH_POINTS
 from invoice_batch.results import Retry, decide_outcome
-from tests.support.topics import read_all
+from tests.support.topics import patient_producer, produce_raw, read_all
 
 API_KEY = "sk-ant-chaos-test-key"
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -410,26 +409,10 @@ def run(plan: Plan, workdir: Path) -> Outcome:
         interval = max(0.05, plan.kills * 6.0 / len(chunks))
 
         def feed() -> None:
-            # Its own producer, patient without limit: a frozen broker delays the feed
-            # but never drops or repeats an input record.
-            producer = Producer(
-                {
-                    "bootstrap.servers": bootstrap,
-                    "enable.idempotence": True,
-                    "linger.ms": 5,
-                    "message.timeout.ms": 0,
-                }
-            )
+            # A frozen broker delays the feed but never drops or repeats an input record.
+            producer = patient_producer(bootstrap)
             for chunk in chunks:
-                for key, value in chunk:
-                    while True:
-                        try:
-                            producer.produce("invoices", key=key, value=value)
-                            break
-                        except BufferError:
-                            producer.poll(0.1)
-                while producer.flush(5) > 0:
-                    pass
+                produce_raw(bootstrap, "invoices", chunk, producer)
                 time.sleep(interval)
 
         feeder = threading.Thread(target=feed, daemon=True)

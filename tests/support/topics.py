@@ -67,10 +67,20 @@ def read_topic(
     return records
 
 
-def produce_raw(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes | None]]) -> None:
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
-    )
+def produce_raw(
+    bootstrap: str,
+    topic: str,
+    items: list[tuple[bytes | None, bytes | None]],
+    producer: Producer | None = None,
+) -> None:
+    """Produce ``items`` and wait for every acknowledgement: at most 30 s with a
+    producer of its own; without limit with ``producer``, one made by
+    ``patient_producer``."""
+    patient = producer is not None
+    if producer is None:
+        producer = Producer(
+            {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
+        )
     for key, value in items:
         while True:
             try:
@@ -78,7 +88,24 @@ def produce_raw(bootstrap: str, topic: str, items: list[tuple[bytes | None, byte
                 break
             except BufferError:
                 producer.poll(0.1)
-    assert producer.flush(30) == 0
+    if patient:
+        while producer.flush(5) > 0:
+            pass
+    else:
+        assert producer.flush(30) == 0
+
+
+def patient_producer(bootstrap: str) -> Producer:
+    """A producer whose records never time out: a frozen broker delays them, but
+    they are neither dropped nor sent twice."""
+    return Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "message.timeout.ms": 0,
+        }
+    )
 
 
 def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Record]:
