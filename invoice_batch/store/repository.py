@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
+import psycopg
 from sqlalchemy import (
     ColumnElement,
     Connection,
@@ -78,8 +79,9 @@ def _insert_sqlite_sql(rows: int) -> str:
 # 64 KB pages, where the default already comes to 64 MB.
 _SQLITE_WAL_CHECKPOINT_BYTES = 64 * 1024 * 1024
 
-# PostgreSQL: the whole poll in one statement, each column an array parameter sent in
-# binary (no per-row formatting or escaping on either side), inserted in list order.
+# PostgreSQL, when another consumer stored one of the poll's pairs between the key
+# check and the COPY: the whole poll in one statement, each column an array parameter
+# sent in binary, inserted in list order, conflicts skipped.
 _INSERT_POSTGRESQL = (
     f"INSERT INTO invoices (status, attempts, {', '.join(_NEW_COLUMNS)}) "
     f"SELECT 'pending', 0, {', '.join(_NEW_COLUMNS)} FROM unnest("
@@ -88,15 +90,62 @@ _INSERT_POSTGRESQL = (
     f") WITH ORDINALITY AS incoming ({', '.join(_NEW_COLUMNS)}, ord) ORDER BY ord "
     "ON CONFLICT (invoice_id, content_hash) DO NOTHING"
 )
+# Which of the poll's (invoice_id, content_hash) pairs are stored already.
+_STORED_PAIRS_POSTGRESQL = (
+    "SELECT incoming.invoice_id, incoming.content_hash "
+    "FROM unnest(%b::varchar[], %b::varchar[]) AS incoming (invoice_id, content_hash) "
+    "WHERE EXISTS (SELECT 1 FROM invoices WHERE invoices.invoice_id = incoming.invoice_id "
+    "AND invoices.content_hash = incoming.content_hash)"
+)
+# The new rows of a poll, streamed in binary: rows in stream order, and none of the
+# array building and unnesting of a multi-row INSERT (half the server's time).
+_COPY_POSTGRESQL = (
+    f"COPY invoices (status, attempts, {', '.join(_NEW_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+)
+_COPY_TYPES = (
+    "varchar",
+    "int4",
+    "varchar",
+    "varchar",
+    "text",
+    "int4",
+    "timestamptz",
+    "timestamptz",
+    "varchar",
+    "int4",
+    "int8",
+    "bytea",
+    "bytea",
+)
 
 
 def _insert_postgresql(connection: Connection, batch: Sequence[PendingRow]) -> int:
+    """The rows whose pair is not stored yet, by COPY; returns how many were inserted.
+
+    COPY has no ON CONFLICT, so the stored pairs are looked up first. A pair another
+    transaction stores after that lookup makes the COPY fail on the unique index (after
+    waiting for that transaction, when it is still open): the COPY's savepoint is rolled
+    back and the rows go through INSERT … ON CONFLICT DO NOTHING instead.
+    """
     driver = connection.connection.driver_connection
     assert driver is not None
-    columns = [list(column) for column in zip(*batch, strict=True)]
     with driver.cursor() as cursor:
-        cursor.execute(_INSERT_POSTGRESQL, columns)
-        return int(cursor.rowcount)
+        cursor.execute(_STORED_PAIRS_POSTGRESQL, [[r[0] for r in batch], [r[1] for r in batch]])
+        stored = {(invoice_id, content_hash) for invoice_id, content_hash in cursor.fetchall()}
+        new = [row for row in batch if (row[0], row[1]) not in stored] if stored else batch
+        if not new:
+            return 0
+        try:
+            with driver.transaction(), cursor.copy(_COPY_POSTGRESQL) as copy:
+                copy.set_types(_COPY_TYPES)
+                write_row = copy.write_row
+                for row in new:
+                    write_row(("pending", 0, *row))
+        except psycopg.errors.UniqueViolation:
+            columns = [list(column) for column in zip(*new, strict=True)]
+            cursor.execute(_INSERT_POSTGRESQL, columns)
+            return int(cursor.rowcount)
+        return len(new)
 
 
 def _insert_sqlite(connection: Connection, batch: Sequence[PendingRow]) -> int:
@@ -271,10 +320,10 @@ class Store:
 
         The insert goes to the driver without SQLAlchemy's per-row parameter
         processing, which was most of the consumer's time: SQLite gets multi-row
-        ``INSERT … ON CONFLICT DO NOTHING`` statements, PostgreSQL one ``INSERT …
-        SELECT … FROM unnest(<one array per column>) … ON CONFLICT DO NOTHING`` with
-        the arrays sent in binary. The row counts are the rows really inserted. A
-        pair repeated within ``rows`` is sent once (its first occurrence).
+        ``INSERT … ON CONFLICT DO NOTHING`` statements; PostgreSQL a lookup of the
+        stored pairs, then a binary COPY of the other rows (``_insert_postgresql``).
+        The row counts are the rows really inserted. A pair repeated within ``rows``
+        is sent once (its first occurrence).
 
         The statements run with the GIL released (the SQLite library or the server
         works while the driver waits), so a writer thread overlaps them with decoding.

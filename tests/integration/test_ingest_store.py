@@ -3,15 +3,22 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, text
+
+from invoice_batch.store import repository
 
 from invoice_batch.invoices import Invoice
 from invoice_batch.store.models import InvoiceRow
 from invoice_batch.store.repository import NewInvoice, Store
 from invoice_batch.store.schema import make_engine, upgrade_schema
+from tests.conftest import _postgres_database
 
 
 def _new(index: int, text: str = "x", at: datetime | None = None) -> NewInvoice:
@@ -73,3 +80,80 @@ def test_rows_are_inserted_once_in_order_with_duplicates_skipped(database_url: s
         )
         assert (row.source_key, row.source_value) == (new.source_key, new.source_value)
     engine.dispose()
+
+
+@pytest.fixture()
+def postgres_url() -> Iterator[str]:
+    yield from _postgres_database()
+
+
+def test_postgresql_pair_stored_by_another_transaction_after_the_check(postgres_url: str) -> None:
+    """The pair check and the COPY are not atomic against another consumer: a pair it
+    commits in between makes the COPY fail; the poll then goes through INSERT … ON
+    CONFLICT and the other rows are still stored, each pair once."""
+    database_url = postgres_url
+    engine = make_engine(database_url)
+    upgrade_schema(engine)
+    store, rival = Store(engine), Store(make_engine(database_url))
+    rows = [_new(i) for i in range(50)]
+    with engine.begin() as connection:
+        (options,) = connection.execute(
+            text("SELECT reloptions FROM pg_class WHERE relname = 'invoices'")
+        ).one()
+    assert options == ["toast_tuple_target=8160"]
+
+    # The rival's transaction holds row 7 uncommitted while ours checks and copies:
+    # our COPY waits on the unique index, then fails when the rival commits.
+    checked = threading.Event()
+    result: list[tuple[int, int]] = []
+
+    def ours() -> None:
+        result.append(store.add_invoices(rows))
+
+    with rival.engine.begin() as connection:
+        repository._insert_postgresql(connection, _pending(rival, [rows[7]]))
+        worker = threading.Thread(target=ours)
+        worker.start()
+        # Wait until our statement is blocked on the rival's lock.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not checked.is_set():
+            with engine.connect() as probe:
+                waiting = probe.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE wait_event_type = 'Lock' AND query LIKE 'COPY invoices%'"
+                    )
+                ).scalar_one()
+            if waiting:
+                checked.set()
+            time.sleep(0.05)
+        assert checked.is_set(), "our COPY never waited on the rival's row"
+    worker.join(10)
+    assert result == [(49, 1)]
+    with engine.connect() as connection:
+        stored = connection.execute(
+            select(InvoiceRow.invoice_id).order_by(InvoiceRow.id)
+        ).scalars().all()
+    assert sorted(stored) == sorted(f"INV-{i:05d}" for i in range(50))
+    assert stored[0] == "INV-00007"
+    rival.engine.dispose()
+    engine.dispose()
+
+
+def _pending(store: Store, rows: list[NewInvoice]) -> list[repository.PendingRow]:
+    to_db = store.datetime_to_db
+    return [
+        (
+            row.invoice.invoice_id,
+            *row.invoice.stored_forms()[::-1],
+            row.request_bytes,
+            to_db(row.received_at),
+            to_db(row.invoice.event_time),
+            row.source_topic,
+            row.source_partition,
+            row.source_offset,
+            row.source_key,
+            row.source_value,
+        )
+        for row in rows
+    ]
