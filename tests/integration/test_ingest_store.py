@@ -4,17 +4,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 from sqlalchemy import select, text
 
-from invoice_batch.store import repository
-
 from invoice_batch.invoices import Invoice
+from invoice_batch.store import repository
 from invoice_batch.store.models import InvoiceRow
 from invoice_batch.store.repository import NewInvoice, Store
 from invoice_batch.store.schema import make_engine, upgrade_schema
@@ -131,9 +130,11 @@ def test_postgresql_pair_stored_by_another_transaction_after_the_check(postgres_
     worker.join(10)
     assert result == [(49, 1)]
     with engine.connect() as connection:
-        stored = connection.execute(
-            select(InvoiceRow.invoice_id).order_by(InvoiceRow.id)
-        ).scalars().all()
+        stored = (
+            connection.execute(select(InvoiceRow.invoice_id).order_by(InvoiceRow.id))
+            .scalars()
+            .all()
+        )
     assert sorted(stored) == sorted(f"INV-{i:05d}" for i in range(50))
     assert stored[0] == "INV-00007"
     rival.engine.dispose()
