@@ -316,13 +316,45 @@ def request_size_bound(
     ``raw_text_json_len``, ``len(json.dumps(invoice.raw_text))`` when the caller has it
     (``Invoice.row_forms``), spares escaping the text again.
     """
-    head, middle, tail = _request_template(model, max_tokens)
-    fixed = len(head) + len(middle) + len(tail) + len(json.dumps(_CUSTOM_ID_MAX)) + 2
+    fixed = _fixed_size(model, max_tokens)
     if raw_text_json_len is None or not invoice.raw_text:
         return fixed + _json_len(invoice_prompt(invoice))
     # Escaping is per character: "\nText: " adds 8 to the head's escaped length, and
     # the text its own escaped length without the quotes.
-    return fixed + _json_len(_prompt_head(invoice)) + 8 + raw_text_json_len - 2
+    return fixed + _head_json_len(invoice) + 8 + raw_text_json_len - 2
+
+
+def _head_json_len(invoice: Invoice) -> int:
+    """``len(json.dumps(_prompt_head(invoice)))``, line by line without building it.
+
+    Escaping is per character, so the escaped length of the head is the sum of its
+    parts': each label is plain ASCII, each "\\n" between lines takes two, and the
+    amount, currency and date are ASCII that needs no escaping (a Decimal's digits, an
+    ISO 4217 code, an ISO date). Only the three free texts are escaped to be counted.
+    """
+    escape = encode_basestring_ascii  # with quotes: the head's own two, then two spare
+    size = 12 + len(escape(invoice.invoice_id))  # "Invoice ID: "
+    if invoice.supplier:
+        size += 10 + len(escape(invoice.supplier))  # \nSupplier: , less two quotes
+    if invoice.description:
+        size += 13 + len(escape(invoice.description))  # \nDescription: , less two quotes
+    if invoice.amount is not None:
+        size += 10 + len(str(invoice.amount))  # \nAmount:
+        if invoice.currency:
+            size += 1 + len(invoice.currency)
+    elif invoice.currency:
+        size += 12 + len(invoice.currency)  # \nCurrency:
+    if invoice.invoice_date is not None:
+        size += 16 + len(invoice.invoice_date.isoformat())  # \nInvoice date:
+    return size
+
+
+@cache
+def _fixed_size(model: str, max_tokens: int) -> int:
+    """A request's bytes besides its prompt's, with the longest custom_id and the
+    separator between requests."""
+    head, middle, tail = _request_template(model, max_tokens)
+    return len(head) + len(middle) + len(tail) + len(json.dumps(_CUSTOM_ID_MAX)) + 2
 
 
 # What json.dumps (ensure_ascii) writes for ASCII characters: \" \\ \n \r \t \b \f take

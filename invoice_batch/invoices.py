@@ -16,6 +16,8 @@ from decimal import Decimal, InvalidOperation
 from json.encoder import encode_basestring_ascii
 from typing import Literal
 
+import orjson
+
 ErrorCode = Literal[
     "empty_record",
     "malformed",
@@ -223,12 +225,25 @@ _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # The same characters as bytes: in UTF-8 they are single bytes that never occur
 # inside a multi-byte sequence, so deleting them from the encoded text and comparing
 # lengths finds them (a C loop over 2 KB, ten times cheaper than the regex search).
-_CONTROL_BYTES = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
+CONTROL_BYTES = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 
 _sha256 = hashlib.sha256
 
 # json.dumps's own string escaper (the C one when available), ensure_ascii=True.
 _json_str = encode_basestring_ascii
+_orjson_dumps = orjson.dumps
+
+
+def _json_text(text: str) -> str:
+    """``_json_str(text)`` for the long texts, four times faster on ASCII ones.
+
+    For ASCII, orjson writes what json.dumps does (the same short escapes, the same
+    lowercase ``\\u00XX``) except for DEL, which json.dumps escapes and orjson not.
+    ``isascii`` is a flag on the string, not a scan.
+    """
+    if text.isascii() and "\x7f" not in text:
+        return _orjson_dumps(text).decode()
+    return _json_str(text)
 
 
 class InvalidMessage(Exception):
@@ -295,13 +310,13 @@ class Invoice:
         """
         invoice_id = _json_str(self.invoice_id)
         supplier = _json_str(self.supplier)
-        description = _json_str(self.description)
+        description = _json_text(self.description)
         amount = "null" if self.amount is None else _json_str(str(self.amount))
         currency = "null" if self.currency is None else _json_str(self.currency)
         invoice_date = (
             "null" if self.invoice_date is None else _json_str(self.invoice_date.isoformat())
         )
-        raw_text = "null" if self.raw_text is None else _json_str(self.raw_text)
+        raw_text = "null" if self.raw_text is None else _json_text(self.raw_text)
         event_time = "null" if self.event_time is None else _json_str(self.event_time.isoformat())
         # Keys in sorted order, as sort_keys=True writes them.
         canonical = (
@@ -357,7 +372,7 @@ def _text(record: Mapping[str, object], name: str, max_bytes: int) -> str:
         raise InvalidMessage("invalid_text", f"{name} is not valid Unicode text") from None
     if len(encoded) > max_bytes:
         raise InvalidMessage("text_too_large", f"{name} is over the {max_bytes}-byte cap")
-    if len(encoded.translate(None, _CONTROL_BYTES)) != len(encoded):
+    if len(encoded.translate(None, CONTROL_BYTES)) != len(encoded):
         value = _CONTROL_CHARS.sub(" ", value)
     return value.strip()
 

@@ -23,6 +23,11 @@ Which Avro bytes are read, by their first bytes:
   that consumes the value exactly wins. New fields must therefore be appended,
   which is how ``invoice_event.avsc`` says fields are added.
 
+Raw InvoiceEvent values written with our own schema, nearly every record, are read
+and validated in one pass by ``read_invoice``, at a third of the cost of fastavro
+and ``validate_invoice``. It only takes the clean, valid case; every other value
+goes through fastavro and ``validate_invoice``, which give the record or its error.
+
 Encoding writes the Confluent wire format when a registry is configured (our
 schema registered under ``<topic>-value``), raw schemaless Avro otherwise.
 """
@@ -34,7 +39,7 @@ import io
 import json
 import struct
 from collections.abc import Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import cache, lru_cache
 from importlib import resources
@@ -45,7 +50,15 @@ import fastavro
 from fastavro.read import SchemaResolutionError
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from invoice_batch.invoices import InvalidMessage, Invoice, validate_invoice
+from invoice_batch.invoices import (
+    CONTROL_BYTES,
+    ISO_4217,
+    MAX_INVOICE_ID_CHARS,
+    InvalidMessage,
+    Invoice,
+    parse_amount,
+    validate_invoice,
+)
 
 if TYPE_CHECKING:
     from invoice_batch.settings import Settings
@@ -134,6 +147,151 @@ def _read_json(value: bytes) -> dict[str, object]:
             "schema_mismatch", f"expected a JSON object, got {type(record).__name__}"
         )
     return record
+
+
+# ------------------------------------------------------------------ InvoiceEvent, read directly
+
+# The layout read_invoice reads: (field, Avro type) of invoice_event.avsc.
+INVOICE_EVENT_LAYOUT: tuple[tuple[str, object], ...] = (
+    ("invoice_id", "string"),
+    ("supplier", "string"),
+    ("description", "string"),
+    ("amount", ["null", "string"]),
+    ("currency", ["null", "string"]),
+    ("invoice_date", ["null", {"type": "int", "logicalType": "date"}]),
+    ("raw_text", ["null", "string"]),
+    ("event_time", ["null", {"type": "long", "logicalType": "timestamp-millis"}]),
+)
+_DATE_EPOCH = date(1970, 1, 1).toordinal()
+_TIME_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _long(value: bytes, pos: int) -> tuple[int, int]:
+    """The zig-zag varint at ``pos`` and the position after it."""
+    byte = value[pos]
+    pos += 1
+    n = byte & 0x7F
+    shift = 7
+    while byte & 0x80:
+        byte = value[pos]
+        pos += 1
+        n |= (byte & 0x7F) << shift
+        shift += 7
+    return (n >> 1) ^ -(n & 1), pos
+
+
+class _NotClean(ValueError):
+    """The value is not a clean, valid InvoiceEvent: read it the general way."""
+
+
+def _text_at(value: bytes, pos: int, limit: int) -> tuple[str, int]:
+    """The Avro string at ``pos``, as validation leaves it (stripped), and the position
+    after it; _NotClean when it is over ``limit`` bytes, holds a control character
+    validation would replace, is not UTF-8 or runs past the end of the value."""
+    byte = value[pos]
+    if byte < 0x80:  # lengths under 64: one byte
+        n, pos = (byte >> 1) ^ -(byte & 1), pos + 1
+    else:
+        n, pos = _long(value, pos)
+    if not 0 <= n <= limit:
+        raise _NotClean
+    end = pos + n
+    raw = value[pos:end]
+    # Shorter when it has control bytes, or when the value ends before the string.
+    if len(raw.translate(None, CONTROL_BYTES)) != n:
+        raise _NotClean
+    return raw.decode().strip(), end
+
+
+def read_invoice(
+    value: bytes, *, max_text_bytes: int, event_time: datetime | None = None
+) -> Invoice | None:
+    """``validate_invoice(fastavro.schemaless_reader(value, <invoice_event.avsc>))`` for
+    a raw value that is one clean, valid InvoiceEvent; None for every other value,
+    which the caller then reads and validates the general way (for the invoice, or for
+    the exact error).
+
+    fastavro interprets the schema for every record, and validation then checks each
+    field's type and encodes each text again to measure it; this reads our eight fields
+    straight from the bytes and checks each text while it is still UTF-8. Together that
+    was half of the consumer's time per record. Only the clean case is read here: any
+    doubt (a control character to replace, an amount or currency to reject, bytes left
+    over, a union index that is not 0 or 1) sends the value the general way, so every
+    error still comes from one place. Unions are ``["null", T]``: byte 00 is null, 02 T.
+    """
+    limit = max_text_bytes
+    try:
+        invoice_id, pos = _text_at(value, 0, limit)
+        supplier, pos = _text_at(value, pos, limit)
+        description, pos = _text_at(value, pos, limit)
+        amount_text = currency = raw_text = None
+        invoice_date = own_time = None
+        branch, pos = value[pos], pos + 1
+        if branch == 2:
+            amount_text, pos = _text_at(value, pos, limit)
+        elif branch:
+            return None
+        branch, pos = value[pos], pos + 1
+        if branch == 2:
+            currency, pos = _text_at(value, pos, limit)
+        elif branch:
+            return None
+        branch, pos = value[pos], pos + 1
+        if branch == 2:
+            days, pos = _long(value, pos)
+            invoice_date = date.fromordinal(_DATE_EPOCH + days)
+        elif branch:
+            return None
+        branch, pos = value[pos], pos + 1
+        if branch == 2:
+            raw_text, pos = _text_at(value, pos, limit)
+        elif branch:
+            return None
+        branch, pos = value[pos], pos + 1
+        if branch == 2:
+            millis, pos = _long(value, pos)
+            own_time = _TIME_EPOCH + timedelta(milliseconds=millis)
+        elif branch:
+            return None
+        if pos != len(value):
+            return None
+        # The rules of validate_invoice, in its order, for values that pass them.
+        if not invoice_id or len(invoice_id) > MAX_INVOICE_ID_CHARS:
+            return None
+        raw_text = raw_text or None
+        if not (supplier or description or raw_text):
+            return None
+        amount = parse_amount(amount_text) if amount_text else None
+        if amount is None and raw_text is None:
+            return None
+        if currency:
+            currency = currency.upper()
+            if currency not in ISO_4217:
+                return None
+        else:
+            currency = None
+        if amount is not None and currency is None:
+            return None
+        if invoice_date is not None and not 1990 <= invoice_date.year <= 2100:
+            return None
+    except (IndexError, ValueError, OverflowError, InvalidMessage):
+        # _NotClean, UnicodeDecodeError and date's range errors are ValueErrors.
+        return None
+    # Positional: a frozen dataclass takes keywords at twice the cost.
+    return Invoice(
+        invoice_id,
+        supplier,
+        description,
+        amount,
+        currency,
+        invoice_date,
+        raw_text,
+        own_time or event_time,
+    )
+
+
+def _layout(schema: Any) -> tuple[tuple[str, object], ...]:
+    return tuple((field["name"], field["type"]) for field in schema["fields"])
 
 
 # ------------------------------------------------------------------ schema registry
@@ -340,6 +498,13 @@ class InvoiceCodec:
         self.max_text_bytes = max_text_bytes
         self._avro = AvroValues("invoice_event", registry=registry, writer_schemas=writer_schemas)
         self._schema = self._avro.schema
+        # Raw values may be read directly: no registry framing is expected, and the
+        # schema is the layout read_invoice knows.
+        self._direct = (
+            fmt == "avro"
+            and registry is None
+            and _layout(json.loads(schema_text("invoice_event"))) == INVOICE_EVENT_LAYOUT
+        )
 
     def decode(self, value: bytes | None, *, timestamp: datetime | None = None) -> Invoice:
         if not value:
@@ -347,6 +512,12 @@ class InvoiceCodec:
         # A value far over every text cap is rejected before parsing it.
         if len(value) > 4 * self.max_text_bytes + 4096:
             raise InvalidMessage("text_too_large", f"the record is {len(value)} bytes")
+        # 00 and C3 01 start framed values (module doc); raw ones are read directly,
+        # and the general way only when that cannot take them.
+        if self._direct and value[0] != 0 and value[:2] != SINGLE_OBJECT_MAGIC:
+            invoice = read_invoice(value, max_text_bytes=self.max_text_bytes, event_time=timestamp)
+            if invoice is not None:
+                return invoice
         record = self._avro.decode(value) if self.format == "avro" else _read_json(value)
         return validate_invoice(record, max_text_bytes=self.max_text_bytes, event_time=timestamp)
 
