@@ -203,6 +203,15 @@ def _text_at(value: bytes, pos: int, limit: int) -> tuple[str, int]:
     return raw.decode().strip(), end
 
 
+def _union(value: bytes, pos: int) -> tuple[bool, int]:
+    """A ``["null", T]`` union's index at ``pos``: whether T follows (byte 02) or null
+    (byte 00), and the position after it; _NotClean for any other index."""
+    branch = value[pos]
+    if branch & ~2:
+        raise _NotClean
+    return branch == 2, pos + 1
+
+
 def read_invoice(
     value: bytes, *, max_text_bytes: int, event_time: datetime | None = None
 ) -> Invoice | None:
@@ -217,7 +226,7 @@ def read_invoice(
     was half of the consumer's time per record. Only the clean case is read here: any
     doubt (a control character to replace, an amount or currency to reject, bytes left
     over, a union index that is not 0 or 1) sends the value the general way, so every
-    error still comes from one place. Unions are ``["null", T]``: byte 00 is null, 02 T.
+    error still comes from one place.
     """
     limit = max_text_bytes
     try:
@@ -226,33 +235,23 @@ def read_invoice(
         description, pos = _text_at(value, pos, limit)
         amount_text = currency = raw_text = None
         invoice_date = own_time = None
-        branch, pos = value[pos], pos + 1
-        if branch == 2:
+        present, pos = _union(value, pos)
+        if present:
             amount_text, pos = _text_at(value, pos, limit)
-        elif branch:
-            return None
-        branch, pos = value[pos], pos + 1
-        if branch == 2:
+        present, pos = _union(value, pos)
+        if present:
             currency, pos = _text_at(value, pos, limit)
-        elif branch:
-            return None
-        branch, pos = value[pos], pos + 1
-        if branch == 2:
+        present, pos = _union(value, pos)
+        if present:
             days, pos = _long(value, pos)
             invoice_date = date.fromordinal(_DATE_EPOCH + days)
-        elif branch:
-            return None
-        branch, pos = value[pos], pos + 1
-        if branch == 2:
+        present, pos = _union(value, pos)
+        if present:
             raw_text, pos = _text_at(value, pos, limit)
-        elif branch:
-            return None
-        branch, pos = value[pos], pos + 1
-        if branch == 2:
+        present, pos = _union(value, pos)
+        if present:
             millis, pos = _long(value, pos)
             own_time = _TIME_EPOCH + timedelta(milliseconds=millis)
-        elif branch:
-            return None
         if pos != len(value):
             return None
         # The rules of validate_invoice, in its order, for values that pass them.
