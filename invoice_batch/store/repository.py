@@ -9,6 +9,7 @@ changes nothing the second time.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,6 +31,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 
 from invoice_batch.consumer.flush_policy import BufferState
 from invoice_batch.crash_points import crash_point
@@ -146,6 +148,10 @@ def _insert_postgresql(connection: Connection, batch: Sequence[PendingRow]) -> i
             cursor.execute(_INSERT_POSTGRESQL, columns)
             return int(cursor.rowcount)
         return len(new)
+
+
+def _driver_error_base(exc: Exception) -> type[Exception]:
+    return psycopg.Error if isinstance(exc, psycopg.Error) else sqlite3.Error
 
 
 def _insert_sqlite(connection: Connection, batch: Sequence[PendingRow]) -> int:
@@ -337,12 +343,17 @@ class Store:
                 batch.append(row)
         if not batch:
             return 0
-        with self.engine.begin() as connection:
-            if self._dialect == "postgresql":
-                accepted = _insert_postgresql(connection, batch)
-            else:
-                accepted = _insert_sqlite(connection, batch)
-            crash_point("consume.before_db_commit")
+        try:
+            with self.engine.begin() as connection:
+                if self._dialect == "postgresql":
+                    accepted = _insert_postgresql(connection, batch)
+                else:
+                    accepted = _insert_sqlite(connection, batch)
+                crash_point("consume.before_db_commit")
+        except (psycopg.Error, sqlite3.Error) as exc:
+            # The statements above go to the driver directly: raise its errors as the
+            # SQLAlchemy ones every caller handles (the consumer pauses and retries).
+            raise DBAPIError.instance(None, None, exc, _driver_error_base(exc)) from exc
         return accepted
 
     def datetime_to_db(self, value: datetime | None) -> object:

@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 
 from invoice_batch.invoices import Invoice
 from invoice_batch.store import repository
@@ -158,3 +159,20 @@ def _pending(store: Store, rows: list[NewInvoice]) -> list[repository.PendingRow
         )
         for row in rows
     ]
+
+
+def test_a_driver_error_in_the_insert_is_a_sqlalchemy_error(database_url: str) -> None:
+    """The insert goes to the driver directly; its errors still reach the consumer as
+    SQLAlchemy errors, which it answers by pausing and retrying, not by exiting."""
+    engine = make_engine(database_url)
+    upgrade_schema(engine)
+    store = Store(engine)
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE invoices RENAME TO invoices_away"))
+    with pytest.raises(DBAPIError) as raised:
+        store.add_invoices([_new(1)])
+    assert "invoices" in str(raised.value.orig)
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE invoices_away RENAME TO invoices"))
+    assert store.add_invoices([_new(1)]) == (1, 0)
+    engine.dispose()
