@@ -1,6 +1,6 @@
 """Pending invoices → Message Batches, without ever sending an invoice twice.
 
-The submit protocol (``submit_batch``):
+The submit protocol (``_prepare`` for steps 1–2, ``_finish`` for 3–4):
 
 1. Claim pending rows and write the batch row as ``submitting`` with our own key,
    in one transaction.
@@ -173,30 +173,6 @@ class Flusher:
             self.metrics.next_cutoff.set(
                 next_cutoff(now, self.policy.cutoff, self.policy.zone).timestamp()
             )
-
-    def submit_batch(
-        self,
-        trigger: Trigger,
-        *,
-        received_before: datetime | None = None,
-        retries_only: bool = False,
-    ) -> str | None:
-        """Run the submit protocol once. Returns the API batch id, or None if nothing
-        was claimed or the create failed (the failure is logged and counted)."""
-        prepared = self._prepare(
-            trigger, received_before=received_before, retries_only=retries_only
-        )
-        if prepared is None:
-            return None
-        done: Future[MessageBatch] = Future()
-        try:
-            done.set_result(self._create(prepared.body))
-        except Exception as exc:
-            done.set_exception(exc)
-        except BaseException:
-            prepared.body.close()
-            raise
-        return self._finish(prepared, done)
 
     def _prepare(
         self,

@@ -158,7 +158,6 @@ class ConsumerService:
         self._failed = False
         self._next_flush_check = 0.0
         self._next_lag_check = 0.0
-        self._request_bound = request_size_bound
         # The poll whose rows the writer thread is storing (steps 2–3), if any.
         self._in_writer: _Poll | None = None
         self._writer: ThreadPoolExecutor | None = None
@@ -285,7 +284,7 @@ class ConsumerService:
         """Step 1: decode and validate; rows in the store's form, invalid ones to the DLQ."""
         now = self.store.datetime_to_db(self.clock())
         model, max_tokens = self.settings.claude_model, self.settings.claude_max_tokens
-        decode, bound, record = self.codec.decode, self._request_bound, self.guard.record
+        decode, bound, record = self.codec.decode, request_size_bound, self.guard.record
         to_db = self.store.datetime_to_db
         # Records produced together share their millisecond timestamps: convert each
         # distinct one once.

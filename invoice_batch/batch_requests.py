@@ -263,11 +263,21 @@ def encode_request_from_payload(
     Anything else takes the decoding path.
     """
     values = _payload_values(payload)
-    if values is None or not CUSTOM_ID_PATTERN.match(custom_id):
+    prompt = None if values is None else _spliced_prompt(values)
+    if prompt is None or not CUSTOM_ID_PATTERN.match(custom_id):
         return _encode_decoded(payload, custom_id=custom_id, model=model, max_tokens=max_tokens)
+    head, middle, tail = _request_template_bytes(model, max_tokens)
+    return b"".join(
+        (head, custom_id.encode("ascii"), middle, b'"', prompt.encode("ascii"), b'"', tail)
+    )
+
+
+def _spliced_prompt(values: list[str]) -> str | None:
+    """``invoice_prompt``'s text, escaped, from the payload's escaped values; None
+    where only decoding gives it exactly."""
     invoice_id, supplier, description, amount, currency, invoice_date, raw_text, _ = values
     if invoice_id == "null":
-        return _encode_decoded(payload, custom_id=custom_id, model=model, max_tokens=max_tokens)
+        return None
     # The escaped text between the quotes; "" stands for null as well as empty,
     # which invoice_prompt treats alike for these fields.
     parts = ["Invoice ID: ", invoice_id[1:-1]]
@@ -277,24 +287,21 @@ def encode_request_from_payload(
         parts += ["\\nDescription: ", description[1:-1]]
     has_currency = currency != "null"
     if has_currency and ("\\" in currency or currency.endswith(' "')):
-        # rstrip() would act on the decoded text.
-        return _encode_decoded(payload, custom_id=custom_id, model=model, max_tokens=max_tokens)
+        return None  # rstrip() would act on the decoded text
     if amount != "null":
         if amount[0] != '"' or "\\" in amount:
-            return _encode_decoded(payload, custom_id=custom_id, model=model, max_tokens=max_tokens)
+            return None
         line = f"Amount: {Decimal(amount[1:-1])} {currency[1:-1] if has_currency else ''}"
         parts += ["\\n", line.rstrip()]
     elif has_currency and len(currency) > 2:
         parts += ["\\nCurrency: ", currency[1:-1]]
     if invoice_date != "null":
         if "\\" in invoice_date:
-            return _encode_decoded(payload, custom_id=custom_id, model=model, max_tokens=max_tokens)
+            return None
         parts += ["\\nInvoice date: ", date.fromisoformat(invoice_date[1:-1]).isoformat()]
     if len(raw_text) > 2 and raw_text != "null":
         parts += ["\\nText: ", raw_text[1:-1]]
-    head, middle, tail = _request_template_bytes(model, max_tokens)
-    prompt = "".join(parts).encode("ascii")
-    return b"".join((head, custom_id.encode("ascii"), middle, b'"', prompt, b'"', tail))
+    return "".join(parts)
 
 
 def _encode_decoded(payload: str, *, custom_id: str, model: str, max_tokens: int) -> bytes:

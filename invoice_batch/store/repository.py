@@ -74,13 +74,6 @@ def _insert_sqlite_sql(rows: int) -> str:
     )
 
 
-# Bytes in SQLite's WAL before the committing connection copies them into the
-# database (the default is 1,000 pages: 4 MB with 4 KB pages). A poll of ~4 KB rows
-# writes more than 4 MB, so that default checkpoints (and fsyncs) at every commit;
-# 64 MB checkpoints every few polls, each page once. Files made by make_engine have
-# 64 KB pages, where the default already comes to 64 MB.
-_SQLITE_WAL_CHECKPOINT_BYTES = 64 * 1024 * 1024
-
 # PostgreSQL, when another consumer stored one of the poll's pairs between the key
 # check and the COPY: the whole poll in one statement, each column an array parameter
 # sent in binary, inserted in list order, conflicts skipped.
@@ -157,12 +150,6 @@ def _driver_error_base(exc: Exception) -> type[Exception]:
 def _insert_sqlite(connection: Connection, batch: Sequence[PendingRow]) -> int:
     driver = connection.connection.driver_connection
     assert driver is not None
-    info = connection.connection.info
-    if not info.get("ingest_checkpoint"):
-        (page_size,) = driver.execute("PRAGMA page_size").fetchone()
-        pages = max(1_000, _SQLITE_WAL_CHECKPOINT_BYTES // int(page_size))
-        driver.execute(f"PRAGMA wal_autocheckpoint={pages}")
-        info["ingest_checkpoint"] = True
     accepted = 0
     for start in range(0, len(batch), _SQLITE_ROWS_PER_STATEMENT):
         chunk = batch[start : start + _SQLITE_ROWS_PER_STATEMENT]
