@@ -284,7 +284,7 @@ class ConsumerService:
         """Step 1: decode and validate; rows in the store's form, invalid ones to the DLQ."""
         now = self.store.datetime_to_db(self.clock())
         model, max_tokens = self.settings.claude_model, self.settings.claude_max_tokens
-        decode, bound, record = self.codec.decode, request_size_bound, self.guard.record
+        decode, bound, record = self.codec.decode_source, request_size_bound, self.guard.record
         to_db = self.store.datetime_to_db
         # Records produced together share their millisecond timestamps: convert each
         # distinct one once.
@@ -299,7 +299,7 @@ class ConsumerService:
                 at = datetime.fromtimestamp(timestamp_ms / 1000, UTC) if timestamp_ms > 0 else None
                 event_time = times[timestamp_ms] = (at, to_db(at))
             try:
-                invoice = decode(value, timestamp=event_time[0])
+                invoice, encoding = decode(value, timestamp=event_time[0])
             except InvalidMessage as exc:
                 invalid += 1
                 record(True)
@@ -325,7 +325,9 @@ class ConsumerService:
                     message.partition(),
                     message.offset(),
                     message.key(),
-                    value,
+                    # A value rebuilt from the payload is not stored a second time.
+                    None if encoding else value,
+                    encoding,
                 )
             )
         return _Poll(messages, rows, invalid)

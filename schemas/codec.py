@@ -27,6 +27,9 @@ Raw InvoiceEvent values written with our own schema, nearly every record, are re
 and validated in one pass by ``read_invoice``, at a third of the cost of fastavro
 and ``validate_invoice``. It only takes the clean, valid case; every other value
 goes through fastavro and ``validate_invoice``, which give the record or its error.
+It also tells when the value is exactly what ``encode_invoice_event`` writes for the
+invoice it read (``SourceEncoding``): the store then keeps the invoice once, and the
+original bytes are rebuilt from it when a dead letter needs them.
 
 Encoding writes the Confluent wire format when a registry is configured (our
 schema registered under ``<topic>-value``), raw schemaless Avro otherwise.
@@ -65,6 +68,10 @@ if TYPE_CHECKING:
 
 Format = Literal["avro", "json"]
 SchemaName = Literal["invoice_event", "classified_invoice"]
+# How a record's value is rebuilt from the invoice read from it (``source_value_of``):
+# raw Avro of INVOICE_EVENT_LAYOUT with the invoice's event_time, or with a null one
+# (the invoice's event time then came from the record's Kafka timestamp).
+SourceEncoding = Literal["avro", "avro-untimed"]
 
 # Confluent wire format: magic byte 0, then the schema id as a big-endian int32.
 CONFLUENT_MAGIC = b"\x00"
@@ -167,7 +174,8 @@ _TIME_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _long(value: bytes, pos: int) -> tuple[int, int]:
-    """The zig-zag varint at ``pos`` and the position after it."""
+    """The zig-zag varint at ``pos`` and the position after it; _NotClean when it has
+    more bytes than it needs (valid Avro, but no writer makes it: read the general way)."""
     byte = value[pos]
     pos += 1
     n = byte & 0x7F
@@ -177,7 +185,25 @@ def _long(value: bytes, pos: int) -> tuple[int, int]:
         pos += 1
         n |= (byte & 0x7F) << shift
         shift += 7
+    if not byte and shift > 7:
+        raise _NotClean
     return (n >> 1) ^ -(n & 1), pos
+
+
+def _varint(n: int) -> bytes:
+    """The zig-zag varint of ``n``, in the fewest bytes (as every Avro writer writes it)."""
+    n = (n << 1) ^ (n >> 63)
+    if n < 0x80:
+        return _ONE_BYTE[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_ONE_BYTE = [bytes([n]) for n in range(0x80)]
 
 
 class _NotClean(ValueError):
@@ -185,9 +211,9 @@ class _NotClean(ValueError):
 
 
 def _text_at(value: bytes, pos: int, limit: int) -> tuple[str, int]:
-    """The Avro string at ``pos``, as validation leaves it (stripped), and the position
-    after it; _NotClean when it is over ``limit`` bytes, holds a control character
-    validation would replace, is not UTF-8 or runs past the end of the value."""
+    """The Avro string at ``pos`` and the position after it; _NotClean when it is over
+    ``limit`` bytes, holds a control character validation would replace, is not UTF-8
+    or runs past the end of the value."""
     byte = value[pos]
     if byte < 0x80:  # lengths under 64: one byte
         n, pos = (byte >> 1) ^ -(byte & 1), pos + 1
@@ -200,7 +226,7 @@ def _text_at(value: bytes, pos: int, limit: int) -> tuple[str, int]:
     # Shorter when it has control bytes, or when the value ends before the string.
     if len(raw.translate(None, CONTROL_BYTES)) != n:
         raise _NotClean
-    return raw.decode().strip(), end
+    return raw.decode(), end
 
 
 def _union(value: bytes, pos: int) -> tuple[bool, int]:
@@ -218,36 +244,47 @@ def read_invoice(
     """``validate_invoice(fastavro.schemaless_reader(value, <invoice_event.avsc>))`` for
     a raw value that is one clean, valid InvoiceEvent; None for every other value,
     which the caller then reads and validates the general way (for the invoice, or for
-    the exact error).
+    the exact error). ``read_invoice_source`` also says how to rebuild the value."""
+    found = read_invoice_source(value, max_text_bytes=max_text_bytes, event_time=event_time)
+    return None if found is None else found[0]
+
+
+def read_invoice_source(
+    value: bytes, *, max_text_bytes: int, event_time: datetime | None = None
+) -> tuple[Invoice, SourceEncoding | None] | None:
+    """``read_invoice``'s invoice, and how ``source_value_of`` rebuilds ``value`` from it:
+    None when validation changed a field (stripped a text, upper-cased a currency,
+    wrote an amount differently, dropped an empty optional text), so the bytes cannot
+    be rebuilt and must be kept.
 
     fastavro interprets the schema for every record, and validation then checks each
     field's type and encodes each text again to measure it; this reads our eight fields
     straight from the bytes and checks each text while it is still UTF-8. Together that
     was half of the consumer's time per record. Only the clean case is read here: any
     doubt (a control character to replace, an amount or currency to reject, bytes left
-    over, a union index that is not 0 or 1) sends the value the general way, so every
-    error still comes from one place.
+    over, a union index that is not 0 or 1, a varint longer than it needs) sends the
+    value the general way, so every error still comes from one place.
     """
     limit = max_text_bytes
     try:
-        invoice_id, pos = _text_at(value, 0, limit)
-        supplier, pos = _text_at(value, pos, limit)
-        description, pos = _text_at(value, pos, limit)
-        amount_text = currency = raw_text = None
+        given_id, pos = _text_at(value, 0, limit)
+        given_supplier, pos = _text_at(value, pos, limit)
+        given_description, pos = _text_at(value, pos, limit)
+        given_amount = given_currency = given_text = None
         invoice_date = own_time = None
         present, pos = _union(value, pos)
         if present:
-            amount_text, pos = _text_at(value, pos, limit)
+            given_amount, pos = _text_at(value, pos, limit)
         present, pos = _union(value, pos)
         if present:
-            currency, pos = _text_at(value, pos, limit)
+            given_currency, pos = _text_at(value, pos, limit)
         present, pos = _union(value, pos)
         if present:
             days, pos = _long(value, pos)
             invoice_date = date.fromordinal(_DATE_EPOCH + days)
         present, pos = _union(value, pos)
         if present:
-            raw_text, pos = _text_at(value, pos, limit)
+            given_text, pos = _text_at(value, pos, limit)
         present, pos = _union(value, pos)
         if present:
             millis, pos = _long(value, pos)
@@ -255,16 +292,19 @@ def read_invoice(
         if pos != len(value):
             return None
         # The rules of validate_invoice, in its order, for values that pass them.
+        invoice_id = given_id.strip()
         if not invoice_id or len(invoice_id) > MAX_INVOICE_ID_CHARS:
             return None
-        raw_text = raw_text or None
+        supplier, description = given_supplier.strip(), given_description.strip()
+        raw_text = (given_text.strip() or None) if given_text is not None else None
         if not (supplier or description or raw_text):
             return None
+        amount_text = given_amount.strip() if given_amount is not None else None
         amount = parse_amount(amount_text) if amount_text else None
         if amount is None and raw_text is None:
             return None
+        currency = given_currency.strip().upper() if given_currency else None
         if currency:
-            currency = currency.upper()
             if currency not in ISO_4217:
                 return None
         else:
@@ -277,7 +317,7 @@ def read_invoice(
         # _NotClean, UnicodeDecodeError and date's range errors are ValueErrors.
         return None
     # Positional: a frozen dataclass takes keywords at twice the cost.
-    return Invoice(
+    invoice = Invoice(
         invoice_id,
         supplier,
         description,
@@ -287,6 +327,62 @@ def read_invoice(
         raw_text,
         own_time or event_time,
     )
+    # The value is what encode_invoice_event writes for this invoice when validation
+    # left every field as it came (an unchanged strip() or upper() compares by identity).
+    unchanged = (
+        invoice_id == given_id
+        and supplier == given_supplier
+        and description == given_description
+        and raw_text == given_text
+        and currency == given_currency
+        and (str(amount) == given_amount if amount is not None else given_amount is None)
+    )
+    if not unchanged:
+        return invoice, None
+    return invoice, "avro" if own_time is not None else "avro-untimed"
+
+
+def encode_invoice_event(invoice: Invoice, *, with_event_time: bool = True) -> bytes:
+    """``invoice`` as raw Avro of INVOICE_EVENT_LAYOUT, byte for byte what fastavro
+    writes for ``invoice.to_json_dict()`` (with a null event_time when
+    ``with_event_time`` is false)."""
+    parts: list[bytes] = []
+    append = parts.append
+
+    def text(field: str) -> None:
+        encoded = field.encode()
+        append(_varint(len(encoded)))
+        append(encoded)
+
+    text(invoice.invoice_id)
+    text(invoice.supplier)
+    text(invoice.description)
+    for field in (None if invoice.amount is None else str(invoice.amount), invoice.currency):
+        if field is None:
+            append(b"\x00")
+        else:
+            append(b"\x02")
+            text(field)
+    if invoice.invoice_date is None:
+        append(b"\x00")
+    else:
+        append(b"\x02" + _varint(invoice.invoice_date.toordinal() - _DATE_EPOCH))
+    if invoice.raw_text is None:
+        append(b"\x00")
+    else:
+        append(b"\x02")
+        text(invoice.raw_text)
+    if not with_event_time or invoice.event_time is None:
+        append(b"\x00")
+    else:
+        millis = (invoice.event_time - _TIME_EPOCH) // timedelta(milliseconds=1)
+        append(b"\x02" + _varint(millis))
+    return b"".join(parts)
+
+
+def source_value_of(invoice: Invoice, encoding: SourceEncoding) -> bytes:
+    """The record value ``read_invoice_source`` read ``invoice`` from, with ``encoding``."""
+    return encode_invoice_event(invoice, with_event_time=encoding == "avro")
 
 
 def _layout(schema: Any) -> tuple[tuple[str, object], ...]:
@@ -506,6 +602,13 @@ class InvoiceCodec:
         )
 
     def decode(self, value: bytes | None, *, timestamp: datetime | None = None) -> Invoice:
+        return self.decode_source(value, timestamp=timestamp)[0]
+
+    def decode_source(
+        self, value: bytes | None, *, timestamp: datetime | None = None
+    ) -> tuple[Invoice, SourceEncoding | None]:
+        """``decode``, and how ``source_value_of`` rebuilds ``value`` from the invoice
+        (None: only a copy of the value keeps it)."""
         if not value:
             raise InvalidMessage("empty_record", "the record value is empty")
         # A value far over every text cap is rejected before parsing it.
@@ -514,11 +617,14 @@ class InvoiceCodec:
         # 00 and C3 01 start framed values (module doc); raw ones are read directly,
         # and the general way only when that cannot take them.
         if self._direct and value[0] != 0 and value[:2] != SINGLE_OBJECT_MAGIC:
-            invoice = read_invoice(value, max_text_bytes=self.max_text_bytes, event_time=timestamp)
-            if invoice is not None:
-                return invoice
+            found = read_invoice_source(
+                value, max_text_bytes=self.max_text_bytes, event_time=timestamp
+            )
+            if found is not None:
+                return found
         record = self._avro.decode(value) if self.format == "avro" else _read_json(value)
-        return validate_invoice(record, max_text_bytes=self.max_text_bytes, event_time=timestamp)
+        invoice = validate_invoice(record, max_text_bytes=self.max_text_bytes, event_time=timestamp)
+        return invoice, None
 
     def encode(self, record: Mapping[str, object]) -> bytes:
         """Encode an InvoiceEvent given as a JSON-style mapping (amount a decimal string)."""

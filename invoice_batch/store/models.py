@@ -130,6 +130,9 @@ class InvoiceRow(Base):
     source_offset: Mapped[int | None] = mapped_column(BigInteger)
     source_key: Mapped[bytes | None] = mapped_column(LargeBinary)
     source_value: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Set when source_value is left empty because the record's value is rebuilt from
+    # the payload (schemas.codec.SourceEncoding): how to rebuild it.
+    source_encoding: Mapped[str | None] = mapped_column(String(16))
     batch_key: Mapped[str | None] = mapped_column(ForeignKey("batches.key"))
     custom_id: Mapped[str | None] = mapped_column(String(64))
     # Result, once classified (kept for reports and the approval queue).

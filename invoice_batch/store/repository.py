@@ -37,6 +37,7 @@ from invoice_batch.consumer.flush_policy import BufferState
 from invoice_batch.crash_points import crash_point
 from invoice_batch.invoices import Invoice
 from invoice_batch.pricing import Usage
+from invoice_batch.schemas.codec import source_value_of
 from invoice_batch.store.models import BatchRow, InvoiceRow
 
 # Rows per statement for IN lists and multi-row inserts: under SQLite's 32,766
@@ -58,10 +59,11 @@ _NEW_COLUMNS = (
     "source_offset",
     "source_key",
     "source_value",
+    "source_encoding",
 )
 # One multi-row INSERT per chunk: sqlite3 runs a statement in one sqlite3_step with
 # the GIL released, where executemany takes it back after every row.
-_SQLITE_ROWS_PER_STATEMENT = 2_000  # x 11 values: under the 32,766-variable bound
+_SQLITE_ROWS_PER_STATEMENT = 2_000  # x 12 values: under the 32,766-variable bound
 
 
 @lru_cache(maxsize=16)
@@ -81,7 +83,8 @@ _INSERT_POSTGRESQL = (
     f"INSERT INTO invoices (status, attempts, {', '.join(_NEW_COLUMNS)}) "
     f"SELECT 'pending', 0, {', '.join(_NEW_COLUMNS)} FROM unnest("
     "%b::varchar[], %b::varchar[], %b::text[], %b::integer[], %b::timestamptz[], "
-    "%b::timestamptz[], %b::varchar[], %b::integer[], %b::bigint[], %b::bytea[], %b::bytea[]"
+    "%b::timestamptz[], %b::varchar[], %b::integer[], %b::bigint[], %b::bytea[], %b::bytea[], "
+    "%b::varchar[]"
     f") WITH ORDINALITY AS incoming ({', '.join(_NEW_COLUMNS)}, ord) ORDER BY ord "
     "ON CONFLICT (invoice_id, content_hash) DO NOTHING"
 )
@@ -111,6 +114,7 @@ _COPY_TYPES = (
     "int8",
     "bytea",
     "bytea",
+    "varchar",
 )
 
 
@@ -191,7 +195,8 @@ def _chunks(items: Sequence[int], size: int = CHUNK) -> Iterator[Sequence[int]]:
 
 # A row for add_pending_rows, in _NEW_COLUMNS order: invoice_id, content_hash, payload,
 # request_bytes, received_at and event_time (both through Store.datetime_to_db),
-# source_topic, source_partition, source_offset, source_key, source_value.
+# source_topic, source_partition, source_offset, source_key, source_value and
+# source_encoding (with an encoding, source_value is None: see ClaimedInvoice).
 PendingRow = tuple[
     str,
     str,
@@ -204,6 +209,7 @@ PendingRow = tuple[
     int | None,
     bytes | None,
     bytes | None,
+    str | None,
 ]
 
 
@@ -221,7 +227,13 @@ class NewInvoice:
 
 @dataclass(frozen=True, slots=True)
 class ClaimedInvoice:
-    """A row in a batch: enough to build its request, or its output event."""
+    """A row in a batch: enough to build its request, or its output event.
+
+    ``source_value`` is the original record's value: stored as it came, or, for a row
+    stored with a ``source_encoding``, rebuilt from the invoice, byte for byte the same
+    (the consumer stores the encoding instead of a second copy of the invoice's text
+    only when ``schemas.codec.read_invoice_source`` found the value rebuildable).
+    """
 
     row_id: int
     attempts: int
@@ -303,6 +315,7 @@ class Store:
                     row.source_offset,
                     row.source_key,
                     row.source_value,
+                    None,
                 )
             )
         accepted = self.add_pending_rows(pending)
@@ -506,8 +519,9 @@ class Store:
                 InvoiceRow.source_topic,
                 InvoiceRow.source_partition,
                 InvoiceRow.source_offset,
+                InvoiceRow.source_encoding,
             ]
-        no_source = (None, None, None, None, None)
+        no_source = (None, None, None, None, None, None)
         loads, from_json = orjson.loads, Invoice.from_json_dict
         with self.engine.connect() as connection:
             for chunk in _chunks(ids):
@@ -520,11 +534,16 @@ class Store:
                 ):
                     values: tuple[Any, ...] = tuple(row)
                     row_id, attempts, payload, event_time, content_hash = values[:5]
-                    key, value, topic, partition, offset = values[5:] if sources else no_source
+                    key, value, topic, partition, offset, encoding = (
+                        values[5:] if sources else no_source
+                    )
+                    invoice = from_json(loads(payload))
+                    if encoding is not None:
+                        value = source_value_of(invoice, encoding)
                     found[row_id] = ClaimedInvoice(
                         row_id=row_id,
                         attempts=attempts,
-                        invoice=from_json(loads(payload)),
+                        invoice=invoice,
                         event_time=event_time,
                         source_key=key,
                         source_value=value,
@@ -879,13 +898,17 @@ def decode_offsets(stored: str | None) -> dict[int, int] | None:
 
 def _claimed(row: object) -> ClaimedInvoice:
     mapping = row._mapping  # type: ignore[attr-defined]
+    invoice = Invoice.from_json_dict(json.loads(mapping["payload"]))
+    encoding = mapping["source_encoding"]
     return ClaimedInvoice(
         row_id=mapping["id"],
         attempts=mapping["attempts"],
-        invoice=Invoice.from_json_dict(json.loads(mapping["payload"])),
+        invoice=invoice,
         event_time=mapping["event_time"],
         source_key=mapping["source_key"],
-        source_value=mapping["source_value"],
+        source_value=(
+            mapping["source_value"] if encoding is None else source_value_of(invoice, encoding)
+        ),
         source_topic=mapping["source_topic"],
         source_partition=mapping["source_partition"],
         source_offset=mapping["source_offset"],

@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from alembic import command
+from invoice_batch.schemas.codec import InvoiceCodec
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
@@ -17,7 +19,7 @@ from invoice_batch.invoices import Invoice
 from invoice_batch.store import repository
 from invoice_batch.store.models import InvoiceRow
 from invoice_batch.store.repository import NewInvoice, Store
-from invoice_batch.store.schema import make_engine, upgrade_schema
+from invoice_batch.store.schema import alembic_config, make_engine, upgrade_schema
 from tests.conftest import _postgres_database
 
 
@@ -156,6 +158,7 @@ def _pending(store: Store, rows: list[NewInvoice]) -> list[repository.PendingRow
             row.source_offset,
             row.source_key,
             row.source_value,
+            None,
         )
         for row in rows
     ]
@@ -175,4 +178,95 @@ def test_a_driver_error_in_the_insert_is_a_sqlalchemy_error(database_url: str) -
     with engine.begin() as connection:
         connection.execute(text("ALTER TABLE invoices_away RENAME TO invoices"))
     assert store.add_invoices([_new(1)]) == (1, 0)
+    engine.dispose()
+
+
+def test_a_value_rebuilt_from_the_payload_comes_back_byte_for_byte(database_url: str) -> None:
+    """The consumer stores an encoding instead of a second copy of a rebuildable value;
+    the collector's dead letters still get the original bytes, and a downgrade to the
+    revision before the encoding writes them back into source_value."""
+    engine = make_engine(database_url)
+    upgrade_schema(engine)
+    store = Store(engine)
+    codec = InvoiceCodec("avro", max_text_bytes=32768)
+    base = {
+        "invoice_id": "INV-1",
+        "supplier": "Taj Hotels",
+        "description": "Offsite ₹ rooms",
+        "amount": "450000.00",
+        "currency": "INR",
+        "invoice_date": "2026-03-02",
+        "raw_text": "\n".join(["Conference hall, 2 days"] * 60),
+    }
+    records = [
+        {**base, "event_time": "2026-03-02T10:00:00.123+00:00"},
+        {**base, "invoice_id": "INV-2"},
+        {**base, "invoice_id": "INV-3", "currency": "inr"},  # upper-cased: kept as it came
+    ]
+    values = [codec.encode(record) for record in records]
+    at = datetime(2026, 3, 2, 11, 0, tzinfo=UTC)
+    to_db = store.datetime_to_db
+    rows: list[repository.PendingRow] = []
+    encodings = []
+    for offset, value in enumerate(values):
+        invoice, encoding = codec.decode_source(value, timestamp=at)
+        encodings.append(encoding)
+        payload, content_hash, _ = invoice.row_forms()
+        rows.append(
+            (
+                invoice.invoice_id,
+                content_hash,
+                payload,
+                5_000,
+                to_db(at),
+                to_db(invoice.event_time),
+                "invoices",
+                0,
+                offset,
+                invoice.invoice_id.encode(),
+                None if encoding else value,
+                encoding,
+            )
+        )
+    assert encodings == ["avro", "avro-untimed", None]
+    assert store.add_pending_rows(rows) == 3
+    with engine.connect() as connection:
+        stored = connection.execute(
+            select(InvoiceRow.id, InvoiceRow.source_value).order_by(InvoiceRow.id)
+        ).all()
+    ids = [row_id for row_id, _ in stored]
+    assert [value for _, value in stored] == [None, None, values[2]]
+    assert (
+        store.claim_batch(
+            batch_key="b-1",
+            trigger="size",
+            model="claude-haiku-4-5",
+            max_requests=10,
+            max_bytes=10**9,
+            now=at,
+        )
+        == 3
+    )
+    claimed = store.invoices_by_id("b-1", ids)
+    assert [claimed[row_id].source_value for row_id in ids] == values
+    assert [c.source_value for c in store.iter_batch_invoices("b-1")] == values
+    assert [claimed[row_id].source_key for row_id in ids] == [b"INV-1", b"INV-2", b"INV-3"]
+    assert all(
+        v is None
+        for v in store.invoices_by_id("b-1", ids, sources=False).values()
+        for v in [v.source_value]
+    )
+
+    config = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0004")
+    with engine.connect() as connection:
+        restored = (
+            connection.execute(text("SELECT source_value FROM invoices ORDER BY id"))
+            .scalars()
+            .all()
+        )
+    assert [bytes(value) for value in restored] == values
+    upgrade_schema(engine)
     engine.dispose()

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from invoice_batch.schemas.codec import ClassifiedCodec, InvoiceCodec
+from sqlalchemy import text
 
 from bench.scale_out import invoices  # the same generated invoices as the scale-out runs
 from invoice_batch.demo import running_pipeline
@@ -179,3 +180,38 @@ def test_a_consumer_killed_mid_stream_loses_nothing_and_classifies_nothing_twice
     ids = [r["invoice_id"] for r in decode_all(out)]
     assert 0 < killed_at < len(sent), "the kill must land mid-stream"
     assert len(ids) == len(set(ids)) == len(sent)
+
+
+def test_an_invoice_that_fails_reaches_the_dlq_as_its_original_bytes(
+    database_url: str, topics: dict[str, str], tmp_path: Path
+) -> None:
+    """The model rejects every request: each invoice goes to the DLQ from the store,
+    where most rows keep the invoice once and the record is rebuilt from it."""
+    codec = InvoiceCodec("avro", max_text_bytes=32768)
+    records = invoices(6)
+    records[1]["event_time"] = "2026-03-02T10:00:00.123+00:00"
+    records[2]["currency"] = str(records[2]["currency"]).lower()  # validation changes it
+    records[3]["raw_text"] = "  Twelve office chairs, delivered  "  # stripped
+    items = [(str(r["invoice_id"]).encode(), codec.encode(r)) for r in records]
+    with running_pipeline(
+        tmp_path,
+        processing_seconds=0.2,
+        settings=pipeline_settings(database_url, topics),
+        emulator_args=["--errored-invalid-rate", "1.0"],
+    ) as pipeline:
+        produce_raw(pipeline.bootstrap, topics["INPUT_TOPIC"], items)
+        dlq = read_topic(
+            pipeline.bootstrap, topics["DLQ_TOPIC"], len(items), 90, check=pipeline.check_alive
+        )
+        engine = make_engine(database_url)
+        with engine.connect() as connection:
+            encodings = dict(
+                connection.execute(text("SELECT invoice_id, source_encoding FROM invoices")).all()
+            )
+        engine.dispose()
+    assert sorted((r.key, r.value) for r in dlq) == sorted(items)
+    assert {r.headers["error.code"].decode() for r in dlq} == {"model_rejected"}
+    assert encodings[str(records[1]["invoice_id"])] == "avro"
+    assert encodings[str(records[0]["invoice_id"])] == "avro-untimed"
+    assert encodings[str(records[2]["invoice_id"])] is None
+    assert encodings[str(records[3]["invoice_id"])] is None
