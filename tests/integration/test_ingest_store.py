@@ -90,9 +90,9 @@ def postgres_url() -> Iterator[str]:
 
 
 def test_postgresql_pair_stored_by_another_transaction_after_the_check(postgres_url: str) -> None:
-    """The pair check and the COPY are not atomic against another consumer: a pair it
-    commits in between makes the COPY fail; the poll then goes through INSERT … ON
-    CONFLICT and the other rows are still stored, each pair once."""
+    """A pair another consumer's transaction holds uncommitted: our COPY waits for it on
+    the unique index, fails once it commits, and the poll then goes through INSERT …
+    ON CONFLICT, which stores every other row, each pair once."""
     database_url = postgres_url
     engine = make_engine(database_url)
     upgrade_schema(engine)
@@ -104,8 +104,8 @@ def test_postgresql_pair_stored_by_another_transaction_after_the_check(postgres_
         ).one()
     assert options == ["toast_tuple_target=8160"]
 
-    # The rival's transaction holds row 7 uncommitted while ours checks and copies:
-    # our COPY waits on the unique index, then fails when the rival commits.
+    # The rival's transaction holds row 7 uncommitted while ours copies: our COPY
+    # waits on the unique index, then fails when the rival commits.
     checked = threading.Event()
     result: list[tuple[int, int]] = []
 
