@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import islice, repeat
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from invoice_batch.consumer.flusher import Flusher
@@ -134,6 +135,21 @@ class InvalidRatioGuard:
                 f"{self._invalid} of the last {self.window} records were invalid "
                 f"(limit {self.max_share:.0%}); stopping so the topic is not emptied into the DLQ"
             )
+
+    def record_valid(self, count: int) -> None:
+        """``record(False)`` ``count`` times, raising exactly when that would."""
+        if not self.window:
+            return
+        recent = self._recent
+        # A valid record can raise only by filling the window: every record after that
+        # was checked with a full window, and a valid one never raises the share. So one
+        # at a time until the window is full, then all the rest at once.
+        while count > 0 and len(recent) < self.window:
+            self.record(False)
+            count -= 1
+        if count > 0:
+            self._invalid -= sum(islice(recent, min(count, self.window)))  # pushed out
+            recent.extend(repeat(False, count))
 
 
 class ConsumerService:
@@ -286,13 +302,16 @@ class ConsumerService:
         """Step 1: decode and validate; rows in the store's form, invalid ones to the DLQ."""
         now = self.store.datetime_to_db(self.clock())
         model, max_tokens = self.settings.claude_model, self.settings.claude_max_tokens
-        decode, bound, record = self.codec.decode_source, request_size_bound, self.guard.record
+        decode, bound, guard = self.codec.decode_source, request_size_bound, self.guard
         to_db = self.store.datetime_to_db
         # Records produced together share their millisecond timestamps: convert each
         # distinct one once.
         times: dict[int, tuple[datetime | None, object]] = {}
         rows: list[PendingRow] = []
         invalid = 0
+        # The guard hears of the valid records a run at a time: before the next invalid
+        # one, and after the last record.
+        counted = 0
         for message in messages:
             value = message.value()
             timestamp_ms = message.timestamp()[1]
@@ -304,10 +323,11 @@ class ConsumerService:
                 invoice, encoding = decode(value, timestamp=event_time[0])
             except InvalidMessage as exc:
                 invalid += 1
-                record(True)
+                guard.record_valid(len(rows) - counted)
+                counted = len(rows)
+                guard.record(True)
                 self._to_dlq(message, exc)
                 continue
-            record(False)
             payload, content_hash, raw_text_json_len = invoice.row_forms()
             own_time = invoice.event_time
             rows.append(
@@ -332,6 +352,7 @@ class ConsumerService:
                     encoding,
                 )
             )
+        guard.record_valid(len(rows) - counted)
         return _Poll(messages, rows, invalid)
 
     def _store_rows(self, rows: Sequence[PendingRow]) -> int:

@@ -238,6 +238,20 @@ def _union(value: bytes, pos: int) -> tuple[bool, int]:
     return branch == 2, pos + 1
 
 
+def _amount(text: str) -> Decimal:
+    """``parse_amount(text)``; a plain amount (ASCII digits, at most 13 before the point
+    and 4 after) needs none of its checks."""
+    whole, point, fraction = text.partition(".")
+    if (
+        whole.isascii()
+        and whole.isdigit()
+        and len(whole) <= 13
+        and (not point or (fraction.isascii() and fraction.isdigit() and len(fraction) <= 4))
+    ):
+        return Decimal(text)
+    return parse_amount(text)
+
+
 def read_invoice(
     value: bytes, *, max_text_bytes: int, event_time: datetime | None = None
 ) -> Invoice | None:
@@ -300,7 +314,7 @@ def read_invoice_source(
         if not (supplier or description or raw_text):
             return None
         amount_text = given_amount.strip() if given_amount is not None else None
-        amount = parse_amount(amount_text) if amount_text else None
+        amount = _amount(amount_text) if amount_text else None
         if amount is None and raw_text is None:
             return None
         currency = given_currency.strip().upper() if given_currency else None

@@ -17,6 +17,7 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from invoice_batch.schemas.codec import (
     InvoiceCodec,
+    _amount,
     encode_invoice_event,
     load_schema,
     read_invoice,
@@ -29,6 +30,7 @@ from invoice_batch.invoices import (
     ISO_4217,
     InvalidMessage,
     Invoice,
+    parse_amount,
     validate_invoice,
 )
 
@@ -303,3 +305,22 @@ def test_a_varint_longer_than_it_needs_is_read_the_general_way_and_kept() -> Non
     padded = b"\x8c\x00" + value[1:]  # the same length in two bytes
     assert read_invoice(padded, max_text_bytes=MAX_TEXT) is None
     assert codec.decode_source(padded) == (codec.decode(value), None)
+
+
+@given(
+    text=st.from_regex(r"\A[0-9]{0,15}(\.[0-9]{0,6})?\Z")
+    | st.sampled_from(["1,234.5", "١٢٣", "²", "1e3", "-1", " 7", "NaN", "1.", ".5", "0" * 14])
+    | st.text(max_size=20)
+)
+def test_the_plain_amount_shortcut_agrees_with_parse_amount(text: str) -> None:
+    try:
+        expected: Decimal | str = parse_amount(text)
+    except InvalidMessage as exc:
+        expected = exc.code
+    try:
+        got: Decimal | str = _amount(text)
+    except InvalidMessage as exc:
+        got = exc.code
+    assert got == expected
+    if isinstance(got, Decimal):
+        assert str(got) == str(expected)
