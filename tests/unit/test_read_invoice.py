@@ -46,6 +46,23 @@ def _avro(record: dict[str, object]) -> bytes:
     return buffer.getvalue()
 
 
+def _event(**fields: object) -> bytes:
+    """An InvoiceEvent with the given fields, the others empty or null."""
+    return _avro(
+        {
+            "invoice_id": "",
+            "supplier": "",
+            "description": "",
+            "amount": None,
+            "currency": None,
+            "invoice_date": None,
+            "raw_text": None,
+            "event_time": None,
+            **fields,
+        }
+    )
+
+
 def _general(value: bytes, at: datetime | None = AT) -> Invoice | InvalidMessage:
     try:
         record = fastavro.schemaless_reader(io.BytesIO(value), SCHEMA, None)
@@ -160,18 +177,7 @@ def test_cut_short_or_with_bytes_over_it_is_left_to_the_general_path() -> None:
 
 def test_the_codec_gives_the_general_paths_errors_for_what_it_leaves() -> None:
     codec = InvoiceCodec("avro", max_text_bytes=MAX_TEXT)
-    value = _avro(
-        {
-            "invoice_id": "INV-8",
-            "supplier": "Sodexo",
-            "description": "",
-            "amount": "12.50",
-            "currency": "ABC",
-            "invoice_date": None,
-            "raw_text": None,
-            "event_time": None,
-        }
-    )
+    value = _event(invoice_id="INV-8", supplier="Sodexo", amount="12.50", currency="ABC")
     assert read_invoice(value, max_text_bytes=MAX_TEXT) is None
     try:
         codec.decode(value)
@@ -289,17 +295,12 @@ def test_what_validation_changes_keeps_the_value_as_it_came() -> None:
 def test_a_varint_longer_than_it_needs_is_read_the_general_way_and_kept() -> None:
     """Avro allows it, no writer makes it, and rebuilding would shorten it."""
     codec = InvoiceCodec("avro", max_text_bytes=MAX_TEXT)
-    value = _avro(
-        {
-            "invoice_id": "INV-10",
-            "supplier": "Blue Dart",
-            "description": "Courier",
-            "amount": "90.00",
-            "currency": "INR",
-            "invoice_date": None,
-            "raw_text": None,
-            "event_time": None,
-        }
+    value = _event(
+        invoice_id="INV-10",
+        supplier="Blue Dart",
+        description="Courier",
+        amount="90.00",
+        currency="INR",
     )
     assert value[0] == 12  # "INV-10": six bytes, zig-zag 12 in one byte
     padded = b"\x8c\x00" + value[1:]  # the same length in two bytes
