@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -111,8 +112,20 @@ class InvoiceRow(Base):
     __table_args__ = (
         UniqueConstraint("invoice_id", "content_hash", name="uq_invoices_invoice_id_content"),
         Index("ix_invoices_status_id", "status", "id"),
-        Index("ix_invoices_batch_key", "batch_key"),
-        Index("ix_invoices_classified_at", "classified_at"),
+        # Partial (migration 0006): a new row has neither, and every query on them
+        # compares them to a value, which implies IS NOT NULL on both stores.
+        Index(
+            "ix_invoices_batch_key",
+            "batch_key",
+            postgresql_where=text("batch_key IS NOT NULL"),
+            sqlite_where=text("batch_key IS NOT NULL"),
+        ),
+        Index(
+            "ix_invoices_classified_at",
+            "classified_at",
+            postgresql_where=text("classified_at IS NOT NULL"),
+            sqlite_where=text("classified_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)

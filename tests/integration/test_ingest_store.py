@@ -270,3 +270,29 @@ def test_a_value_rebuilt_from_the_payload_comes_back_byte_for_byte(database_url:
     assert [bytes(value) for value in restored] == values
     upgrade_schema(engine)
     engine.dispose()
+
+
+def test_the_partial_indexes_serve_the_batch_and_report_queries(database_url: str) -> None:
+    """batch_key and classified_at are indexed only where set (migration 0006): the
+    queries on them compare them to a value, which each store takes as implying that."""
+    engine = make_engine(database_url)
+    upgrade_schema(engine)
+    postgresql = engine.dialect.name == "postgresql"
+    explain = "EXPLAIN " if postgresql else "EXPLAIN QUERY PLAN "
+    queries = {
+        "ix_invoices_batch_key": "SELECT id FROM invoices WHERE batch_key = :key",
+        "ix_invoices_classified_at": (
+            "SELECT id FROM invoices WHERE classified_at >= :since AND classified_at < :until"
+        ),
+    }
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    with engine.connect() as connection:
+        if postgresql:
+            connection.execute(text("SET enable_seqscan = off"))
+            connection.execute(text("SET plan_cache_mode = force_generic_plan"))
+        for index, query in queries.items():
+            plan = connection.execute(
+                text(explain + query), {"key": "b-1", "since": at, "until": at}
+            ).all()
+            assert index in " ".join(str(line) for line in plan), plan
+    engine.dispose()
