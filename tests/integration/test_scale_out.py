@@ -108,12 +108,16 @@ def assert_exactly_once(run: ScaleRun, sent: list[dict[str, object]], out: list[
     assert statuses == {"done": len(sent)}, statuses
 
 
-def kill_one_of_each(run: ScaleRun, total: int) -> dict[str, object]:
-    """SIGKILL consumer-1 mid-stream, then collector-1 while it holds a lease."""
+def kill_one_of_each(run: ScaleRun, total: int, rest: list[dict[str, object]]) -> dict[str, object]:
+    """SIGKILL consumer-1 mid-stream, produce ``rest``, then SIGKILL collector-1 while it
+    holds a lease. ``rest`` comes after the consumer's kill, so the survivor must take
+    over its partitions; and before the collector's, so that the batches it makes give
+    collector-1 a lease to hold even when the other took every batch so far."""
     check = run.pipeline.check_alive
     assert wait_until(lambda: stored_count(run) >= total // 3, 120, check), "nothing consumed"
     run.kill("consumer-1")
     killed_consumer_at = stored_count(run)
+    run.produce(rest)
     collector_pid = f"-{run.pid('collector-1')}-"
     holding = wait_until(
         lambda: any(collector_pid in owner for owner in lease_holders(run)),
@@ -135,11 +139,10 @@ def run_with_kills(tmp_path: Path, url: str, total: int, timeout: float) -> None
     with scale_out(tmp_path, url, consumers=2, collectors=2, emulator_args=EMULATOR_FAULTS) as run:
         run.engine = make_engine(url)
         started = time.monotonic()
-        # Half now, half after the kills: the survivor must take over consumer-1's
+        # Half now, half once consumer-1 is dead: the survivor must take over its
         # partitions and keep consuming.
         run.produce(sent[: total // 2])
-        kills = kill_one_of_each(run, total)
-        run.produce(sent[total // 2 :])
+        kills = kill_one_of_each(run, total, sent[total // 2 :])
         out = run.read_output(total, timeout, settle=5)
         elapsed = time.monotonic() - started
         assert_exactly_once(run, sent, out)
