@@ -190,22 +190,6 @@ def _long(value: bytes, pos: int) -> tuple[int, int]:
     return (n >> 1) ^ -(n & 1), pos
 
 
-def _varint(n: int) -> bytes:
-    """The zig-zag varint of ``n``, in the fewest bytes (as every Avro writer writes it)."""
-    n = (n << 1) ^ (n >> 63)
-    if n < 0x80:
-        return _ONE_BYTE[n]
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_ONE_BYTE = [bytes([n]) for n in range(0x80)]
-
-
 class _NotClean(ValueError):
     """The value is not a clean, valid InvoiceEvent: read it the general way."""
 
@@ -236,20 +220,6 @@ def _union(value: bytes, pos: int) -> tuple[bool, int]:
     if branch & ~2:
         raise _NotClean
     return branch == 2, pos + 1
-
-
-def _amount(text: str) -> Decimal:
-    """``parse_amount(text)``; a plain amount (ASCII digits, at most 13 before the point
-    and 4 after) needs none of its checks."""
-    whole, point, fraction = text.partition(".")
-    if (
-        whole.isascii()
-        and whole.isdigit()
-        and len(whole) <= 13
-        and (not point or (fraction.isascii() and fraction.isdigit() and len(fraction) <= 4))
-    ):
-        return Decimal(text)
-    return parse_amount(text)
 
 
 def read_invoice(
@@ -314,7 +284,7 @@ def read_invoice_source(
         if not (supplier or description or raw_text):
             return None
         amount_text = given_amount.strip() if given_amount is not None else None
-        amount = _amount(amount_text) if amount_text else None
+        amount = parse_amount(amount_text) if amount_text else None
         if amount is None and raw_text is None:
             return None
         currency = given_currency.strip().upper() if given_currency else None
@@ -356,42 +326,30 @@ def read_invoice_source(
     return invoice, "avro" if own_time is not None else "avro-untimed"
 
 
+@cache
+def _layout_schema() -> Any:
+    """INVOICE_EVENT_LAYOUT as a schema: what read_invoice read, whatever the shipped
+    schema becomes, so a stored row's record is rebuilt as it was read."""
+    fields = [{"name": name, "type": kind} for name, kind in INVOICE_EVENT_LAYOUT]
+    return fastavro.parse_schema({"type": "record", "name": "InvoiceEvent", "fields": fields})
+
+
 def encode_invoice_event(invoice: Invoice, *, with_event_time: bool = True) -> bytes:
-    """``invoice`` as raw Avro of INVOICE_EVENT_LAYOUT, byte for byte what fastavro
-    writes for ``invoice.to_json_dict()`` (with a null event_time when
+    """``invoice`` as raw Avro of INVOICE_EVENT_LAYOUT (with a null event_time when
     ``with_event_time`` is false)."""
-    parts: list[bytes] = []
-    append = parts.append
-
-    def text(field: str) -> None:
-        encoded = field.encode()
-        append(_varint(len(encoded)))
-        append(encoded)
-
-    text(invoice.invoice_id)
-    text(invoice.supplier)
-    text(invoice.description)
-    for field in (None if invoice.amount is None else str(invoice.amount), invoice.currency):
-        if field is None:
-            append(b"\x00")
-        else:
-            append(b"\x02")
-            text(field)
-    if invoice.invoice_date is None:
-        append(b"\x00")
-    else:
-        append(b"\x02" + _varint(invoice.invoice_date.toordinal() - _DATE_EPOCH))
-    if invoice.raw_text is None:
-        append(b"\x00")
-    else:
-        append(b"\x02")
-        text(invoice.raw_text)
-    if not with_event_time or invoice.event_time is None:
-        append(b"\x00")
-    else:
-        millis = (invoice.event_time - _TIME_EPOCH) // timedelta(milliseconds=1)
-        append(b"\x02" + _varint(millis))
-    return b"".join(parts)
+    return _avro_bytes(
+        _layout_schema(),
+        {
+            "invoice_id": invoice.invoice_id,
+            "supplier": invoice.supplier,
+            "description": invoice.description,
+            "amount": None if invoice.amount is None else str(invoice.amount),
+            "currency": invoice.currency,
+            "invoice_date": invoice.invoice_date,
+            "raw_text": invoice.raw_text,
+            "event_time": invoice.event_time if with_event_time else None,
+        },
+    )
 
 
 def source_value_of(invoice: Invoice, encoding: SourceEncoding) -> bytes:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import psycopg
@@ -37,7 +37,7 @@ from invoice_batch.consumer.flush_policy import BufferState
 from invoice_batch.crash_points import crash_point
 from invoice_batch.invoices import Invoice
 from invoice_batch.pricing import Usage
-from invoice_batch.schemas.codec import source_value_of
+from invoice_batch.schemas.codec import SourceEncoding, source_value_of
 from invoice_batch.store.models import BatchRow, InvoiceRow
 
 # Rows per statement for IN lists and multi-row inserts: under SQLite's 32,766
@@ -530,15 +530,13 @@ class Store:
                         values[5:] if sources else no_source
                     )
                     invoice = from_json(loads(payload))
-                    if encoding is not None:
-                        value = source_value_of(invoice, encoding)
                     found[row_id] = ClaimedInvoice(
                         row_id=row_id,
                         attempts=attempts,
                         invoice=invoice,
                         event_time=event_time,
                         source_key=key,
-                        source_value=value,
+                        source_value=_source_value(value, invoice, encoding),
                         source_topic=topic,
                         source_partition=partition,
                         source_offset=offset,
@@ -888,6 +886,11 @@ def decode_offsets(stored: str | None) -> dict[int, int] | None:
     return {int(partition): int(offset) for partition, offset in json.loads(stored).items()}
 
 
+def _source_value(stored: bytes | None, invoice: Invoice, encoding: str | None) -> bytes | None:
+    """The original record's value: as stored, or rebuilt from the invoice."""
+    return stored if encoding is None else source_value_of(invoice, cast(SourceEncoding, encoding))
+
+
 def _claimed(row: object) -> ClaimedInvoice:
     mapping = row._mapping  # type: ignore[attr-defined]
     invoice = Invoice.from_json_dict(json.loads(mapping["payload"]))
@@ -898,9 +901,7 @@ def _claimed(row: object) -> ClaimedInvoice:
         invoice=invoice,
         event_time=mapping["event_time"],
         source_key=mapping["source_key"],
-        source_value=(
-            mapping["source_value"] if encoding is None else source_value_of(invoice, encoding)
-        ),
+        source_value=_source_value(mapping["source_value"], invoice, encoding),
         source_topic=mapping["source_topic"],
         source_partition=mapping["source_partition"],
         source_offset=mapping["source_offset"],

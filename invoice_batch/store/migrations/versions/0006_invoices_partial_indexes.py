@@ -10,6 +10,7 @@ Revises: 0005
 Create Date: 2026-11-27 11:10:00
 """
 
+import sqlalchemy as sa
 from alembic import op
 
 
@@ -24,7 +25,8 @@ _INDEXES = (('ix_invoices_batch_key', 'batch_key'), ('ix_invoices_classified_at'
 def upgrade() -> None:
     for name, column in _INDEXES:
         op.drop_index(name, table_name='invoices')
-        op.execute(f'CREATE INDEX {name} ON invoices ({column}) WHERE {column} IS NOT NULL')
+        where = sa.text(f'{column} IS NOT NULL')
+        op.create_index(name, 'invoices', [column], postgresql_where=where, sqlite_where=where)
 
 
 def downgrade() -> None:
