@@ -10,6 +10,7 @@ import sqlite3
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -93,12 +94,56 @@ def _with_rates(side: dict[str, Any]) -> dict[str, Any]:
 STAGES = ("ingest", "flush", "collect", "e2e")
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median time (the lower middle one of an even count), with the
+    times of all runs in ``runs_seconds``."""
+    ordered = sorted(runs, key=lambda run: float(run["seconds"]))
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["runs_seconds"] = [round(float(run["seconds"]), 3) for run in runs]
+    return chosen
+
+
+def _ingest_runs(
+    base: dict[str, Any],
+    workdir: Path,
+    repeats: int,
+    with_postgres: bool,
+    profile: Callable[[str, int], dict[str, str]],
+) -> tuple[dict[str, list[dict[str, Any]]], Path]:
+    """Every ingest side ``repeats`` times, taking turns; the runs of each side, and
+    the SQLite store of the last run (the flush and collect stages start from it).
+
+    Runs minutes apart on one machine differ by more than the gaps measured: the
+    median of interleaved runs is not at the mercy of one slow or fast moment.
+    """
+    n = base["n"]
+    runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "sqlite": []}
+    store_file = workdir / f"ingest-{n}.db"
+    for rep in range(repeats):
+        for path in workdir.glob(f"ingest-{n}.db*"):
+            path.unlink()  # the previous run's
+        runs["baseline"].append(run_side("ingest_baseline", base))
+        sqlite_params = {
+            **profile(f"ingest-sqlite-{rep}", n),
+            "database_url": f"sqlite:///{store_file}",
+        }
+        runs["sqlite"].append(run_side("ingest_service", {**base, **sqlite_params}))
+        if with_postgres:
+            with postgres_database() as pg_url:
+                pg_params = {**profile(f"ingest-pg-{rep}", n), "database_url": pg_url}
+                runs.setdefault("postgresql", []).append(
+                    run_side("ingest_service", {**base, **pg_params})
+                )
+    return runs, store_file
+
+
 def run(
     sizes: list[int],
     e2e_size: int,
     out: Path,
     profile_dir: Path | None = None,
     stages: tuple[str, ...] = STAGES,
+    repeats: int = 1,
 ) -> dict[str, Any]:
     from invoice_batch_emulator.testing import running_emulator
 
@@ -110,6 +155,7 @@ def run(
         "machine": machine(),
         "versions": versions(),
         "sizes": sizes,
+        "ingest_repeats": repeats,
         "ingest": {},
         "flush": {},
         "collect": {},
@@ -137,24 +183,16 @@ def run(
                     "n": n,
                     "emulator_url": emulator_url,
                 }
-                store_file = workdir / f"ingest-{n}.db"
                 print(f"[bench] n={n}: ingest", flush=True)
-                ingest = {"baseline": run_side("ingest_baseline", base)}
-                ingest["sqlite"] = run_side(
-                    "ingest_service",
-                    {
-                        **base,
-                        "database_url": f"sqlite:///{store_file}",
-                        **profile("ingest-sqlite", n),
-                    },
+                measured = "ingest" in stages
+                runs, store_file = _ingest_runs(
+                    base, workdir, repeats if measured else 1, measured, profile
                 )
-                if "ingest" in stages:
-                    with postgres_database() as pg_url:
-                        ingest["postgresql"] = run_side(
-                            "ingest_service",
-                            {**base, "database_url": pg_url, **profile("ingest-pg", n)},
-                        )
-                    results["ingest"][str(n)] = {k: _with_rates(v) for k, v in ingest.items()}
+                if measured:
+                    results["ingest"][str(n)] = {
+                        side: _with_rates(_median_run(side_runs))
+                        for side, side_runs in runs.items()
+                    }
                 collect_url = copy_sqlite(store_file, workdir / f"collect-{n}.db")
                 flush_url = copy_sqlite(store_file, workdir / f"flush-{n}.db")
                 if "flush" in stages:
@@ -279,6 +317,8 @@ def table(results: dict[str, Any]) -> str:
                 else:
                     ratio = f"{_rate(r) / _rate(base):.2f}× throughput"
                 note = r.get("outcome", "")
+                if len(r.get("runs_seconds", ())) > 1:
+                    note = "median of " + ", ".join(f"{t:.2f}" for t in r["runs_seconds"]) + " s"
                 if stage == "flush" and side == "baseline":
                     note = f"{note}; body {r['body_bytes'] / 1e6:.0f} MB"
                 lines.append(
