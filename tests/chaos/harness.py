@@ -13,15 +13,18 @@ run, PostgreSQL) across a restart of the database server. Then it lets the
 services finish and checks the invariants over the whole output topic, the DLQ
 topic and the emulator's log of every request it accepted:
 
-    chaos: sent=N classified=C dlq=D lost=0 duplicates=0 double_submits=0 kills=K
+    chaos: sent=N classified=C dlq=D lost=0 duplicates=0 double_submits=0 altered=0 kills=K
 
 - lost: inputs with neither an output record nor a DLQ record once nothing more has
   come out for FINISH_QUIET_SECONDS;
 - duplicates: invoices published more than once;
 - double_submits: invoices sent to the API again although their previous
-  submission did not fail (it succeeded, or its batch was never looked at).
+  submission did not fail (it succeeded, or its batch was never looked at);
+- altered: DLQ records whose value is not, byte for byte, the record that was sent
+  (the consumer's dead letters carry the record as read, the collector's the one it
+  rebuilt from the stored invoice or kept).
 
-The exit code is 1 if any of the three is above zero.
+The exit code is 1 if any of the four is above zero.
 """
 
 from __future__ import annotations
@@ -122,18 +125,19 @@ class Outcome:
     double_submits: int
     kills: int
     seconds: float
+    altered: int = 0
     notes: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         return (
             f"chaos: sent={self.sent} classified={self.classified} dlq={self.dlq} "
             f"lost={self.lost} duplicates={self.duplicates} "
-            f"double_submits={self.double_submits} kills={self.kills}"
+            f"double_submits={self.double_submits} altered={self.altered} kills={self.kills}"
         )
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.duplicates == 0 and self.double_submits == 0
+        return (self.lost, self.duplicates, self.double_submits, self.altered) == (0, 0, 0, 0)
 
 
 @contextlib.contextmanager
@@ -279,6 +283,19 @@ def make_invoices(
             )
         )
     return records, valid, poison
+
+
+def altered_dead_letters(sent: list[tuple[bytes, bytes]], dead_letters: list[Any]) -> list[str]:
+    """Keys of the DLQ records whose value is not the value sent with that key (each key
+    is sent once; Kafka may hand an empty value back as null)."""
+    values = dict(sent)
+    return sorted(
+        {
+            record.key.decode()
+            for record in dead_letters
+            if record.key in values and (record.value or b"") != values[record.key]
+        }
+    )
 
 
 def set_faults(emulator_url: str, http_faults: list[str]) -> None:
@@ -522,6 +539,12 @@ def run(plan: Plan, workdir: Path) -> Outcome:
         duplicates = sum(1 for count in out_keys.values() if count > 1)
         submits, offenders = double_submits(emulator_url)
         notes.extend(offenders[:5])
+        altered_keys = altered_dead_letters(records, dlq_records)
+        notes.append(
+            f"dead letters: {len(dlq_keys & poison)} poison records, "
+            f"{len(dlq_keys & valid)} invoices the collector gave up on"
+        )
+        notes.extend(f"DLQ value differs from the record sent: {key}" for key in altered_keys[:5])
         notes.append(
             "kills by kind: " + ", ".join(f"{k}={v}" for k, v in sorted(services.kinds.items()))
         )
@@ -534,6 +557,7 @@ def run(plan: Plan, workdir: Path) -> Outcome:
             double_submits=submits,
             kills=services.kills,
             seconds=time.monotonic() - started,
+            altered=len(altered_keys),
             notes=notes,
         )
 

@@ -2,7 +2,7 @@
 
 Real processes killed at every kind of crash point and at random, the broker
 frozen, API fault storms; then no invoice lost, none published twice, none paid
-for twice.
+for twice, and every dead letter the record that was sent.
 """
 
 from __future__ import annotations
@@ -26,3 +26,4 @@ def test_kills_and_faults_lose_nothing_duplicate_nothing_and_pay_once(
     assert outcome.kills >= plan.kills
     assert outcome.sent == 600 and outcome.classified > 500
     assert (outcome.lost, outcome.duplicates, outcome.double_submits) == (0, 0, 0), outcome.notes
+    assert outcome.dlq > 0 and outcome.altered == 0, outcome.notes
