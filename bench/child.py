@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import time
 import uuid
@@ -28,6 +29,37 @@ def peak_rss_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds every core of the machine has spent not idle since boot (all
+    processes: the broker and the database server too), from /proc/stat."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle, iowait = fields[3], fields[4] if len(fields) > 4 else 0
+    return (sum(fields) - idle - iowait) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuClock:
+    """This process's CPU seconds (every thread) and the machine's busy seconds over
+    a measured window, so a result shows whether its side was short of CPU."""
+
+    def __init__(self) -> None:
+        self.start()
+
+    def start(self) -> None:
+        self._process = time.process_time()
+        self._machine = machine_busy_seconds()
+
+    def figures(self) -> dict[str, float]:
+        found = {"cpu_seconds": time.process_time() - self._process}
+        machine = machine_busy_seconds()
+        if machine is not None and self._machine is not None:
+            found["machine_busy_seconds"] = machine - self._machine
+        return found
 
 
 def _settings(params: dict[str, Any], **extra: str) -> Any:
@@ -66,18 +98,21 @@ def ingest_baseline(params: dict[str, Any]) -> dict[str, Any]:
     )
     consumer.subscribe([params["topic"]])
     count, started = 0, None
+    clock = CpuClock()
     n = params["n"]
     while count < n:
         messages = consumer.consume(min(1_000, n - count), 0.5)
         if messages and started is None:
             started = time.perf_counter()
+            clock.start()
         for message in messages:
             if message.error() is None:
                 fastavro.schemaless_reader(io.BytesIO(message.value() or b""), schema, None)
                 count += 1
     seconds = time.perf_counter() - (started or time.perf_counter())
+    cpu = clock.figures()
     consumer.close()
-    return {"items": count, "seconds": seconds}
+    return {"items": count, "seconds": seconds, **cpu}
 
 
 def ingest_service(params: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +145,7 @@ def ingest_service(params: dict[str, Any]) -> dict[str, Any]:
     )
     consumer.subscribe([settings.input_topic])
     count, started = 0, None
+    clock = CpuClock()
     n = params["n"]
     while count < n:
         messages = consumer.consume(min(POLL_BATCH, n - count), 0.5)
@@ -118,17 +154,19 @@ def ingest_service(params: dict[str, Any]) -> dict[str, Any]:
             continue
         if started is None:
             started = time.perf_counter()
+            clock.start()
         service.consume_poll(records)  # what ConsumerService.run does with each poll
         count += len(records)
     service.finish_pending()  # what a clean shutdown does
     service.close()
     service._commit(asynchronous=False)
     seconds = time.perf_counter() - (started or time.perf_counter())
+    cpu = clock.figures()
     with store.engine.connect() as connection:
         stored = connection.execute(select(func.count(InvoiceRow.id))).scalar_one()
     consumer.close()
     store.engine.dispose()
-    return {"items": count, "seconds": seconds, "rows_stored": int(stored)}
+    return {"items": count, "seconds": seconds, "rows_stored": int(stored), **cpu}
 
 
 # -------------------------------------------------------------------- flush

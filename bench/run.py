@@ -88,6 +88,9 @@ def _with_rates(side: dict[str, Any]) -> dict[str, Any]:
     side["items_per_s"] = round(_rate(side), 1)
     side["us_per_item"] = round(side["seconds"] / max(side["items"], 1) * 1e6, 1)
     side["seconds"] = round(side["seconds"], 3)
+    for name in ("cpu_seconds", "machine_busy_seconds"):
+        if name in side:
+            side[name] = round(side[name], 3)
     return side
 
 
@@ -291,6 +294,17 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return checked
 
 
+def _cpu_note(side: dict[str, Any], machine: dict[str, Any]) -> str:
+    """The side's own CPU time, and how busy the whole machine was meanwhile."""
+    if "cpu_seconds" not in side:
+        return ""
+    note = f"CPU {side['cpu_seconds']:.2f} s"
+    busy, cores = side.get("machine_busy_seconds"), machine.get("cores")
+    if busy is not None and cores and side["seconds"] > 0:
+        note += f", machine {busy / (side['seconds'] * cores):.0%} busy"
+    return note
+
+
 def table(results: dict[str, Any]) -> str:
     m, v = results["machine"], results["versions"]
     lines = [
@@ -319,6 +333,8 @@ def table(results: dict[str, Any]) -> str:
                 note = r.get("outcome", "")
                 if len(r.get("runs_seconds", ())) > 1:
                     note = "median of " + ", ".join(f"{t:.2f}" for t in r["runs_seconds"]) + " s"
+                if stage == "ingest":
+                    note = "; ".join(filter(None, [note, _cpu_note(r, results["machine"])]))
                 if stage == "flush" and side == "baseline":
                     note = f"{note}; body {r['body_bytes'] / 1e6:.0f} MB"
                 lines.append(

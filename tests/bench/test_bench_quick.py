@@ -64,6 +64,9 @@ def test_quick_bench_measures_every_stage_and_side(tmp_path: Path) -> None:
         ingest = results["ingest"][str(n)]
         for side in ("baseline", "sqlite", "postgresql"):
             _sane(ingest[side], n)
+            assert ingest[side]["cpu_seconds"] > 0, ingest[side]
+            assert ingest[side]["machine_busy_seconds"] >= ingest[side]["cpu_seconds"] * 0.5
+            assert ingest[side]["runs_seconds"] == [ingest[side]["seconds"]]  # --quick: one run
         assert ingest["sqlite"]["rows_stored"] == n
         assert ingest["postgresql"]["rows_stored"] == n
         flush = results["flush"][str(n)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.run import _median_run, table
+from bench.run import _cpu_note, _median_run, table
 
 
 def _run(seconds: float, tag: str) -> dict[str, object]:
@@ -45,3 +45,10 @@ def test_the_table_names_the_runs_behind_a_median() -> None:
         "collect": {},
     }
     assert "median of 1.00, 2.00, 3.00 s" in table(results)
+
+
+def test_the_cpu_note_says_how_busy_the_machine_was() -> None:
+    side = {"seconds": 2.0, "cpu_seconds": 1.5, "machine_busy_seconds": 3.0}
+    assert _cpu_note(side, {"cores": 2}) == "CPU 1.50 s, machine 75% busy"
+    assert _cpu_note({"seconds": 2.0, "cpu_seconds": 1.5}, {"cores": 2}) == "CPU 1.50 s"
+    assert _cpu_note({"seconds": 2.0}, {"cores": 2}) == ""
