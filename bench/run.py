@@ -300,7 +300,8 @@ def _cpu_note(side: dict[str, Any], machine: dict[str, Any]) -> str:
         return ""
     note = f"CPU {side['cpu_seconds']:.2f} s"
     busy, cores = side.get("machine_busy_seconds"), machine.get("cores")
-    if busy is not None and cores and side["seconds"] > 0:
+    # /proc/stat counts in ticks of 10 ms: a share over less than a second is noise.
+    if busy is not None and cores and side["seconds"] >= 1.0:
         note += f", machine {busy / (side['seconds'] * cores):.0%} busy"
     return note
 

@@ -52,3 +52,5 @@ def test_the_cpu_note_says_how_busy_the_machine_was() -> None:
     assert _cpu_note(side, {"cores": 2}) == "CPU 1.50 s, machine 75% busy"
     assert _cpu_note({"seconds": 2.0, "cpu_seconds": 1.5}, {"cores": 2}) == "CPU 1.50 s"
     assert _cpu_note({"seconds": 2.0}, {"cores": 2}) == ""
+    short = {"seconds": 0.01, "cpu_seconds": 0.02, "machine_busy_seconds": 0.03}
+    assert _cpu_note(short, {"cores": 2}) == "CPU 0.02 s"  # ticks too coarse for a share
