@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         "results.json" if not args.quick else "results-quick.json"
     )
     stages = tuple(args.stages.split(",")) if args.stages else STAGES
-    repeat = args.repeat or (1 if args.quick else FULL_REPEAT)
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else FULL_REPEAT)
     if repeat < 1:
         parser.error("--repeat must be at least 1")
     results = run(sizes, e2e, out, args.profile, stages, repeat)
