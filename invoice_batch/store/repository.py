@@ -215,6 +215,8 @@ class NewInvoice:
     source_offset: int | None = None
     source_key: bytes | None = None
     source_value: bytes | None = None
+    # How source_value is rebuilt from the invoice when it is left out (PendingRow).
+    source_encoding: SourceEncoding | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +291,11 @@ class Store:
         Returns (accepted, duplicates). One transaction for the whole list; rows get
         ids in list order (the flusher claims the oldest first).
         """
+        accepted = self.add_pending_rows(self.pending_rows(rows))
+        return accepted, len(rows) - accepted
+
+    def pending_rows(self, rows: Sequence[NewInvoice]) -> list[PendingRow]:
+        """``rows`` in the form ``add_pending_rows`` takes."""
         to_db = self.datetime_to_db
         pending: list[PendingRow] = []
         for row in rows:
@@ -307,11 +314,10 @@ class Store:
                     row.source_offset,
                     row.source_key,
                     row.source_value,
-                    None,
+                    row.source_encoding,
                 )
             )
-        accepted = self.add_pending_rows(pending)
-        return accepted, len(rows) - accepted
+        return pending
 
     def add_pending_rows(self, rows: Sequence[PendingRow]) -> int:
         """``add_invoices`` for rows already in the driver's form; returns the rows inserted.

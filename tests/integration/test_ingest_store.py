@@ -113,7 +113,7 @@ def test_postgresql_pair_stored_by_another_transaction_after_the_check(postgres_
         result.append(store.add_invoices(rows))
 
     with rival.engine.begin() as connection:
-        repository._insert_postgresql(connection, _pending(rival, [rows[7]]))
+        repository._insert_postgresql(connection, rival.pending_rows([rows[7]]))
         worker = threading.Thread(target=ours)
         worker.start()
         # Wait until our statement is blocked on the rival's lock.
@@ -142,26 +142,6 @@ def test_postgresql_pair_stored_by_another_transaction_after_the_check(postgres_
     assert stored[0] == "INV-00007"
     rival.engine.dispose()
     engine.dispose()
-
-
-def _pending(store: Store, rows: list[NewInvoice]) -> list[repository.PendingRow]:
-    to_db = store.datetime_to_db
-    return [
-        (
-            row.invoice.invoice_id,
-            *row.invoice.stored_forms()[::-1],
-            row.request_bytes,
-            to_db(row.received_at),
-            to_db(row.invoice.event_time),
-            row.source_topic,
-            row.source_partition,
-            row.source_offset,
-            row.source_key,
-            row.source_value,
-            None,
-        )
-        for row in rows
-    ]
 
 
 def test_a_driver_error_in_the_insert_is_a_sqlalchemy_error(database_url: str) -> None:
@@ -205,31 +185,26 @@ def test_a_value_rebuilt_from_the_payload_comes_back_byte_for_byte(database_url:
     ]
     values = [codec.encode(record) for record in records]
     at = datetime(2026, 3, 2, 11, 0, tzinfo=UTC)
-    to_db = store.datetime_to_db
-    rows: list[repository.PendingRow] = []
+    rows: list[NewInvoice] = []
     encodings = []
     for offset, value in enumerate(values):
         invoice, encoding = codec.decode_source(value, timestamp=at)
         encodings.append(encoding)
-        payload, content_hash, _ = invoice.row_forms()
         rows.append(
-            (
-                invoice.invoice_id,
-                content_hash,
-                payload,
+            NewInvoice(
+                invoice,
                 5_000,
-                to_db(at),
-                to_db(invoice.event_time),
-                "invoices",
-                0,
-                offset,
-                invoice.invoice_id.encode(),
-                None if encoding else value,
-                encoding,
+                at,
+                source_topic="invoices",
+                source_partition=0,
+                source_offset=offset,
+                source_key=invoice.invoice_id.encode(),
+                source_value=None if encoding else value,
+                source_encoding=encoding,
             )
         )
     assert encodings == ["avro", "avro-untimed", None]
-    assert store.add_pending_rows(rows) == 3
+    assert store.add_invoices(rows) == (3, 0)
     with engine.connect() as connection:
         stored = connection.execute(
             select(InvoiceRow.id, InvoiceRow.source_value).order_by(InvoiceRow.id)
