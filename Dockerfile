@@ -26,6 +26,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 WORKDIR /src
 
+# A C compiler for the project's one extension (invoice_batch/_avro_rows.c, the
+# consumer's decoding of clean records); it stays in this stage.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+
 # Dependencies first: this layer is reused until pyproject.toml changes.
 COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('requirements.txt', 'w').write(chr(10).join(deps) + chr(10))" \
@@ -33,12 +39,16 @@ RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))
 
 # Then the project itself; pyproject.toml maps these folders to the
 # invoice_batch.* packages and to invoice_batch_emulator.
+COPY setup.py ./
 COPY invoice_batch/ invoice_batch/
 COPY consumer/ consumer/
 COPY collector/ collector/
 COPY schemas/ schemas/
 COPY emulator/ emulator/
-RUN pip wheel --no-deps --wheel-dir /wheels .
+# The wheel must hold the compiled extension: the build fails rather than ship
+# an image that decodes at a third of the speed.
+RUN pip wheel --no-deps --wheel-dir /wheels . \
+ && python -c "import sys, zipfile, glob; names = zipfile.ZipFile(glob.glob('/wheels/invoice_batch-*.whl')[0]).namelist(); sys.exit(not any(n.startswith('invoice_batch/_avro_rows') and n.endswith('.so') for n in names))"
 
 
 FROM ${PYTHON_IMAGE} AS runtime

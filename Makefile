@@ -14,7 +14,8 @@ help: ## list the tasks
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# setup.py builds invoice_batch/_avro_rows.c: a change to it reinstalls (recompiles).
+$(STAMP): pyproject.toml setup.py invoice_batch/_avro_rows.c | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)

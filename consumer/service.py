@@ -41,13 +41,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice, repeat
+from typing import cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from invoice_batch.consumer.flusher import Flusher
+from invoice_batch.consumer.rows import COMPILED, PollRows
 from invoice_batch.schemas.codec import invoice_codec_for
 from sqlalchemy.exc import SQLAlchemyError
 
-from invoice_batch.batch_requests import request_size_bound
 from invoice_batch.crash_points import crash_point
 from invoice_batch.invoices import InvalidMessage
 from invoice_batch.kafka import DeadLetters, DeliveryFailed
@@ -216,6 +217,11 @@ class ConsumerService:
         self.consumer.subscribe(
             [self.settings.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke
         )
+        if not COMPILED and self.codec.reads_raw_directly:
+            log.warning(
+                "invoice_batch._avro_rows is not built (no C compiler at install): "
+                "every record is decoded in Python, about three times slower"
+            )
         try:
             while not stop.is_set():
                 if self.store_down:
@@ -299,59 +305,41 @@ class ConsumerService:
         return self._complete(poll, accepted, also_rewind)
 
     def _decode(self, messages: Sequence[Message]) -> _Poll:
-        """Step 1: decode and validate; rows in the store's form, invalid ones to the DLQ."""
-        now = self.store.datetime_to_db(self.clock())
-        model, max_tokens = self.settings.claude_model, self.settings.claude_max_tokens
-        decode, bound, guard = self.codec.decode_source, request_size_bound, self.guard
-        to_db = self.store.datetime_to_db
-        # Records produced together share their millisecond timestamps: convert each
-        # distinct one once.
-        times: dict[int, tuple[datetime | None, object]] = {}
+        """Step 1: decode and validate; rows in the store's form, invalid ones to the DLQ.
+
+        The compiled path takes the poll's clean records; the rest go the Python way
+        (``consumer/rows.py``)."""
+        poll_rows = PollRows(
+            self.codec,
+            self.store.datetime_to_db,
+            model=self.settings.claude_model,
+            max_tokens=self.settings.claude_max_tokens,
+            received_at=self.clock(),
+        )
+        compiled = poll_rows.compiled(messages)
+        guard = self.guard
+        if compiled is not None and None not in compiled:
+            guard.record_valid(len(compiled))
+            return _Poll(messages, cast("list[PendingRow]", compiled), 0)
+        python_row = poll_rows.python_row
         rows: list[PendingRow] = []
         invalid = 0
         # The guard hears of the valid records a run at a time: before the next invalid
         # one, and after the last record.
         counted = 0
-        for message in messages:
-            value = message.value()
-            timestamp_ms = message.timestamp()[1]
-            event_time = times.get(timestamp_ms)
-            if event_time is None:
-                at = datetime.fromtimestamp(timestamp_ms / 1000, UTC) if timestamp_ms > 0 else None
-                event_time = times[timestamp_ms] = (at, to_db(at))
-            try:
-                invoice, encoding = decode(value, timestamp=event_time[0])
-            except InvalidMessage as exc:
-                invalid += 1
-                guard.record_valid(len(rows) - counted)
-                counted = len(rows)
-                guard.record(True)
-                self._to_dlq(message, exc)
-                continue
-            payload, content_hash, raw_text_json_len = invoice.row_forms()
-            own_time = invoice.event_time
-            rows.append(
-                (
-                    invoice.invoice_id,
-                    content_hash,
-                    payload,
-                    bound(
-                        invoice,
-                        model=model,
-                        max_tokens=max_tokens,
-                        raw_text_json_len=raw_text_json_len,
-                    ),
-                    now,
-                    event_time[1] if own_time is event_time[0] else to_db(own_time),
-                    message.topic(),
-                    message.partition(),
-                    message.offset(),
-                    message.key(),
-                    # A value rebuilt from the payload is not stored a second time.
-                    None if encoding else value,
-                    encoding,
-                )
-            )
+        for index, message in enumerate(messages):
+            row = None if compiled is None else compiled[index]
+            if row is None:
+                try:
+                    row = python_row(message)
+                except InvalidMessage as exc:
+                    invalid += 1
+                    guard.record_valid(len(rows) - counted)
+                    counted = len(rows)
+                    guard.record(True)
+                    self._to_dlq(message, exc)
+                    continue
+            rows.append(row)
         guard.record_valid(len(rows) - counted)
         return _Poll(messages, rows, invalid)
 

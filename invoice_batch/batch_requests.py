@@ -356,6 +356,11 @@ def _head_json_len(invoice: Invoice) -> int:
     return size
 
 
+def request_fixed_size(model: str, max_tokens: int) -> int:
+    """``request_size_bound`` less the prompt's escaped length (quotes included)."""
+    return _fixed_size(model, max_tokens)
+
+
 @cache
 def _fixed_size(model: str, max_tokens: int) -> int:
     """A request's bytes besides its prompt's, with the longest custom_id and the

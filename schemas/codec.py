@@ -573,6 +573,12 @@ class InvoiceCodec:
             and _layout(json.loads(schema_text("invoice_event"))) == INVOICE_EVENT_LAYOUT
         )
 
+    @property
+    def reads_raw_directly(self) -> bool:
+        """Whether raw Avro values are read by ``read_invoice_source`` before the general
+        way (Avro without a registry, and the shipped schema is INVOICE_EVENT_LAYOUT)."""
+        return self._direct
+
     def decode(self, value: bytes | None, *, timestamp: datetime | None = None) -> Invoice:
         return self.decode_source(value, timestamp=timestamp)[0]
 

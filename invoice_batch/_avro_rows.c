@@ -1,0 +1,870 @@
+/*
+ * Store rows straight from raw Avro InvoiceEvent values: step 1 of the consume
+ * protocol in C for the values that need no judgement.
+ *
+ * rows(messages, ctx) returns a list as long as ``messages``: for each record either
+ * the PendingRow the Python path (``AvroRows.python_row`` in
+ * invoice_batch/avro_rows.py) makes of it, byte for byte, or None. None means
+ * "not certain": the caller takes that record the Python way, which gives its row
+ * or its error. A record gets a row here only when it is a clean raw value whose
+ * every field validation keeps as it came:
+ *
+ *   - eight fields of INVOICE_EVENT_LAYOUT, nothing left over, every varint minimal,
+ *     every union index 0 or 1;
+ *   - each text at most max_text_bytes of strict UTF-8 with no control character
+ *     (tab, line feed and carriage return are allowed), its first and last
+ *     characters not whitespace (so strip() leaves it as it is);
+ *   - an invoice_id of 1 to 128 characters; supplier, description or raw_text
+ *     not all empty; raw_text absent or not empty;
+ *   - an amount written as str(Decimal) writes it: ASCII digits, at most 13 before
+ *     the point, no leading zero, at most 4 after a point; an upper-case ISO 4217
+ *     currency whenever there is an amount; a currency, when present, not empty;
+ *   - an invoice_date from 1990 to 2100.
+ *
+ * A row is (invoice_id, content_hash, payload, request_bytes, received_at,
+ * event_time, topic, partition, offset, key, None, source_encoding): the payload
+ * and the hashed canonical text are the JSON that json.dumps (ensure_ascii) writes,
+ * and the size bound is batch_requests.request_size_bound's. Property tests hold
+ * every row to the Python path's (tests/unit/test_avro_rows.py).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_INVOICE_ID_CHARS 128
+
+/* ---------------------------------------------------------------- the context */
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t max_text_bytes;
+    Py_ssize_t max_value_bytes;
+    Py_ssize_t fixed_size;  /* request bytes besides the prompt's */
+    PyObject *received_at;  /* the poll's received_at, in the store's form */
+    PyObject *times;        /* dict: milliseconds -> (JSON isoformat, store form) */
+    PyObject *time_forms;   /* callable: milliseconds -> (JSON isoformat, store form) */
+    PyObject *sha256;       /* hashlib.sha256 */
+    PyObject *timed;        /* "avro" */
+    PyObject *untimed;      /* "avro-untimed" */
+    char currencies[512][3];
+    int n_currencies;
+    /* scratch: the escaped fields, then the canonical text */
+    char *buffer;
+    Py_ssize_t capacity;
+} Context;
+
+static PyObject *str_value, *str_timestamp, *str_topic, *str_partition, *str_offset, *str_key,
+    *str_hexdigest;
+
+static int
+Context_traverse(Context *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->received_at);
+    Py_VISIT(self->times);
+    Py_VISIT(self->time_forms);
+    Py_VISIT(self->sha256);
+    return 0;
+}
+
+static int
+Context_clear(Context *self)
+{
+    Py_CLEAR(self->received_at);
+    Py_CLEAR(self->times);
+    Py_CLEAR(self->time_forms);
+    Py_CLEAR(self->sha256);
+    Py_CLEAR(self->timed);
+    Py_CLEAR(self->untimed);
+    return 0;
+}
+
+static void
+Context_dealloc(Context *self)
+{
+    PyObject_GC_UnTrack(self);
+    Context_clear(self);
+    PyMem_Free(self->buffer);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+Context_init(Context *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"max_text_bytes", "fixed_size", "received_at", "times",
+                             "time_forms", "currencies", "sha256", NULL};
+    Py_ssize_t max_text_bytes, fixed_size;
+    PyObject *received_at, *times, *time_forms, *currencies, *sha256;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$nnOO!OOO", kwlist, &max_text_bytes,
+                                     &fixed_size, &received_at, &PyDict_Type, &times,
+                                     &time_forms, &currencies, &sha256))
+        return -1;
+    if (max_text_bytes < 0 || fixed_size < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_text_bytes and fixed_size must be >= 0");
+        return -1;
+    }
+    self->n_currencies = 0;
+    PyObject *iterator = PyObject_GetIter(currencies);
+    if (iterator == NULL)
+        return -1;
+    PyObject *item;
+    while ((item = PyIter_Next(iterator)) != NULL) {
+        Py_ssize_t size;
+        const char *code = PyUnicode_Check(item) ? PyUnicode_AsUTF8AndSize(item, &size) : NULL;
+        /* Other codes are left to the Python path, which knows every one. */
+        if (code != NULL && size == 3 && self->n_currencies < 512) {
+            memcpy(self->currencies[self->n_currencies++], code, 3);
+        }
+        Py_DECREF(item);
+        if (code == NULL && PyErr_Occurred()) {
+            Py_DECREF(iterator);
+            return -1;
+        }
+    }
+    Py_DECREF(iterator);
+    if (PyErr_Occurred())
+        return -1;
+    self->max_text_bytes = max_text_bytes;
+    self->max_value_bytes = 4 * max_text_bytes + 4096;
+    self->fixed_size = fixed_size;
+    Py_INCREF(received_at);
+    Py_XSETREF(self->received_at, received_at);
+    Py_INCREF(times);
+    Py_XSETREF(self->times, times);
+    Py_INCREF(time_forms);
+    Py_XSETREF(self->time_forms, time_forms);
+    Py_INCREF(sha256);
+    Py_XSETREF(self->sha256, sha256);
+    Py_XSETREF(self->timed, PyUnicode_InternFromString("avro"));
+    Py_XSETREF(self->untimed, PyUnicode_InternFromString("avro-untimed"));
+    if (self->timed == NULL || self->untimed == NULL)
+        return -1;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- reading */
+
+typedef enum { OK = 0, NOT_CLEAN = 1, FAILED = -1 } Outcome;
+
+/* The zig-zag varint at *pos; NOT_CLEAN past the end, when it has more bytes than it
+ * needs, or when it does not fit 64 bits. */
+static Outcome
+read_long(const unsigned char *v, Py_ssize_t len, Py_ssize_t *pos, int64_t *out)
+{
+    uint64_t n = 0;
+    int shift = 0;
+    unsigned char byte;
+    do {
+        if (*pos >= len || shift > 63)
+            return NOT_CLEAN;
+        byte = v[(*pos)++];
+        if (shift == 63 && (byte & 0x7E))
+            return NOT_CLEAN;
+        n |= (uint64_t)(byte & 0x7F) << shift;
+        shift += 7;
+    } while (byte & 0x80);
+    if (byte == 0 && shift > 7)
+        return NOT_CLEAN;
+    *out = (int64_t)(n >> 1) ^ -(int64_t)(n & 1);
+    return OK;
+}
+
+/* A ["null", T] union's index: 1 when T follows, 0 for null; NOT_CLEAN otherwise. */
+static Outcome
+read_union(const unsigned char *v, Py_ssize_t len, Py_ssize_t *pos, int *present)
+{
+    if (*pos >= len)
+        return NOT_CLEAN;
+    unsigned char branch = v[(*pos)++];
+    if (branch & ~2)
+        return NOT_CLEAN;
+    *present = branch == 2;
+    return OK;
+}
+
+typedef struct {
+    const unsigned char *p;
+    Py_ssize_t n;       /* bytes */
+    Py_ssize_t chars;   /* code points */
+    int ascii;
+} Text;
+
+/* Control characters validation replaces: 00-08, 0B, 0C, 0E-1F, 7F. */
+static inline int
+is_control(unsigned char c)
+{
+    return (c < 0x20 && c != '\t' && c != '\n' && c != '\r') || c == 0x7F;
+}
+
+/* Strict UTF-8 (as bytes.decode() takes it) with no control byte: the code point at
+ * *i, advancing it; -1 when the bytes are not such text. */
+static inline int32_t
+next_code_point(const unsigned char *p, Py_ssize_t n, Py_ssize_t *i)
+{
+    unsigned char c = p[*i];
+    if (c < 0x80) {
+        (*i)++;
+        return is_control(c) ? -1 : c;
+    }
+    if (c < 0xC2)
+        return -1;
+    if (c < 0xE0) {
+        if (*i + 1 >= n || (p[*i + 1] & 0xC0) != 0x80)
+            return -1;
+        int32_t cp = ((c & 0x1F) << 6) | (p[*i + 1] & 0x3F);
+        *i += 2;
+        return cp;
+    }
+    if (c < 0xF0) {
+        if (*i + 2 >= n)
+            return -1;
+        unsigned char c1 = p[*i + 1], c2 = p[*i + 2];
+        if ((c1 & 0xC0) != 0x80 || (c2 & 0xC0) != 0x80)
+            return -1;
+        if (c == 0xE0 && c1 < 0xA0)
+            return -1; /* overlong */
+        if (c == 0xED && c1 >= 0xA0)
+            return -1; /* surrogate */
+        int32_t cp = ((c & 0x0F) << 12) | ((c1 & 0x3F) << 6) | (c2 & 0x3F);
+        *i += 3;
+        return cp;
+    }
+    if (c < 0xF5) {
+        if (*i + 3 >= n)
+            return -1;
+        unsigned char c1 = p[*i + 1], c2 = p[*i + 2], c3 = p[*i + 3];
+        if ((c1 & 0xC0) != 0x80 || (c2 & 0xC0) != 0x80 || (c3 & 0xC0) != 0x80)
+            return -1;
+        if (c == 0xF0 && c1 < 0x90)
+            return -1; /* overlong */
+        if (c == 0xF4 && c1 >= 0x90)
+            return -1; /* over U+10FFFF */
+        int32_t cp = ((c & 0x07) << 18) | ((c1 & 0x3F) << 12) | ((c2 & 0x3F) << 6) | (c3 & 0x3F);
+        *i += 4;
+        return cp;
+    }
+    return -1;
+}
+
+/* Eight bytes at a time: the word tests below find whether any byte of a word is
+ * below n (n <= 128, for words of ASCII bytes) or equal to one byte value. They may
+ * flag a word with no such byte after the first that is (borrows), never miss one:
+ * a flagged word is then looked at byte by byte. */
+#define ONES UINT64_C(0x0101010101010101)
+#define HIGH UINT64_C(0x8080808080808080)
+#define HAS_LESS(w, n) (((w) - ONES * (n)) & ~(w) & HIGH)
+#define HAS_BYTE(w, b) HAS_LESS((w) ^ (ONES * (b)), 1)
+
+static inline uint64_t
+load64(const unsigned char *p)
+{
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return w;
+}
+
+/* The code point that starts at p[i] of checked text. */
+static Py_UCS4
+code_point_at(const unsigned char *p, Py_ssize_t n, Py_ssize_t i)
+{
+    return p[i] < 0x80 ? p[i] : (Py_UCS4)next_code_point(p, n, &i);
+}
+
+/* The Avro string at *pos, checked; NOT_CLEAN for anything validation would change
+ * or reject, or bytes that are not such a string. */
+static Outcome
+read_text(const unsigned char *v, Py_ssize_t len, Py_ssize_t *pos, Py_ssize_t limit, Text *text)
+{
+    int64_t n;
+    if (read_long(v, len, pos, &n) != OK)
+        return NOT_CLEAN;
+    if (n < 0 || n > limit || n > len - *pos)
+        return NOT_CLEAN;
+    const unsigned char *p = v + *pos;
+    *pos += (Py_ssize_t)n;
+    text->p = p;
+    text->n = (Py_ssize_t)n;
+    text->ascii = 1;
+    Py_ssize_t i = 0;
+    /* ASCII words first: control bytes other than tab, LF and CR are refused. */
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w = load64(p + i);
+        if (w & HIGH)
+            break;
+        if (HAS_LESS(w, 0x20) || HAS_BYTE(w, 0x7F)) {
+            for (int k = 0; k < 8; k++) {
+                if (is_control(p[i + k]))
+                    return NOT_CLEAN;
+            }
+        }
+    }
+    Py_ssize_t chars = i;
+    while (i < n) {
+        unsigned char c = p[i];
+        if (c < 0x80) {
+            if (is_control(c))
+                return NOT_CLEAN;
+            i++;
+        }
+        else {
+            if (next_code_point(p, n, &i) < 0)
+                return NOT_CLEAN;
+            text->ascii = 0;
+        }
+        chars++;
+    }
+    text->chars = chars;
+    if (n == 0)
+        return OK;
+    /* strip() must leave it as it came: no whitespace at either end. */
+    Py_ssize_t last = n - 1;
+    while (last > 0 && (p[last] & 0xC0) == 0x80)
+        last--;
+    if (Py_UNICODE_ISSPACE(code_point_at(p, n, 0)) || Py_UNICODE_ISSPACE(code_point_at(p, n, last)))
+        return NOT_CLEAN;
+    return OK;
+}
+
+/* ---------------------------------------------------------------- writing JSON */
+
+static const char HEX[] = "0123456789abcdef";
+
+/* What json.dumps (ensure_ascii) writes for a text read by read_text, quotes
+ * included; at most 6 * text->n + 2 bytes. Returns the bytes written. */
+static Py_ssize_t
+escape(const Text *text, char *out)
+{
+    char *o = out;
+    const unsigned char *p = text->p;
+    Py_ssize_t n = text->n, i = 0;
+    *o++ = '"';
+    while (i < n) {
+        /* Whole words that need no escape: no control byte, quote, backslash or
+         * non-ASCII byte. */
+        while (i + 8 <= n) {
+            uint64_t w = load64(p + i);
+            if ((w & HIGH) || HAS_LESS(w, 0x20) || HAS_BYTE(w, '"') || HAS_BYTE(w, '\\'))
+                break;
+            memcpy(o, p + i, 8);
+            o += 8;
+            i += 8;
+        }
+        if (i >= n)
+            break;
+        unsigned char c = p[i];
+        if (c < 0x80) {
+            i++;
+            switch (c) {
+            case '"': *o++ = '\\'; *o++ = '"'; break;
+            case '\\': *o++ = '\\'; *o++ = '\\'; break;
+            case '\n': *o++ = '\\'; *o++ = 'n'; break;
+            case '\r': *o++ = '\\'; *o++ = 'r'; break;
+            case '\t': *o++ = '\\'; *o++ = 't'; break;
+            default: *o++ = (char)c;
+            }
+            continue;
+        }
+        int32_t cp = next_code_point(p, n, &i); /* valid: read_text checked it */
+        if (cp >= 0x10000) {
+            int32_t v = cp - 0x10000;
+            int32_t high = 0xD800 | ((v >> 10) & 0x3FF), low = 0xDC00 | (v & 0x3FF);
+            *o++ = '\\'; *o++ = 'u';
+            *o++ = HEX[(high >> 12) & 0xF]; *o++ = HEX[(high >> 8) & 0xF];
+            *o++ = HEX[(high >> 4) & 0xF]; *o++ = HEX[high & 0xF];
+            cp = low;
+        }
+        *o++ = '\\'; *o++ = 'u';
+        *o++ = HEX[(cp >> 12) & 0xF]; *o++ = HEX[(cp >> 8) & 0xF];
+        *o++ = HEX[(cp >> 4) & 0xF]; *o++ = HEX[cp & 0xF];
+    }
+    *o++ = '"';
+    return o - out;
+}
+
+/* str(Decimal(text)) == text and parse_amount takes it without a check: ASCII
+ * digits, 1 to 13 before the point (no leading zero but a lone 0), 1 to 4 after. */
+static int
+plain_amount(const Text *text)
+{
+    Py_ssize_t i = 0, n = text->n;
+    const unsigned char *p = text->p;
+    while (i < n && p[i] >= '0' && p[i] <= '9')
+        i++;
+    if (i == 0 || i > 13 || (p[0] == '0' && i > 1))
+        return 0;
+    if (i == n)
+        return 1;
+    if (p[i] != '.')
+        return 0;
+    Py_ssize_t point = i++;
+    while (i < n && p[i] >= '0' && p[i] <= '9')
+        i++;
+    return i == n && i - point - 1 >= 1 && i - point - 1 <= 4;
+}
+
+static int
+known_currency(const Context *ctx, const Text *text)
+{
+    if (text->n != 3)
+        return 0;
+    for (int k = 0; k < ctx->n_currencies; k++) {
+        if (memcmp(ctx->currencies[k], text->p, 3) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* The proleptic Gregorian date ``days`` after 1970-01-01 (H. Hinnant's civil_from_days). */
+static void
+civil_from_days(int64_t days, int64_t *year, int *month, int *day)
+{
+    days += 719468;
+    int64_t era = (days >= 0 ? days : days - 146096) / 146097;
+    int64_t doe = days - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153;
+    *day = (int)(doy - (153 * mp + 2) / 5 + 1);
+    *month = (int)(mp < 10 ? mp + 3 : mp - 9);
+    *year = yoe + era * 400 + (*month <= 2);
+}
+
+static int
+ensure_capacity(Context *ctx, Py_ssize_t needed)
+{
+    if (needed <= ctx->capacity)
+        return 0;
+    Py_ssize_t capacity = needed + needed / 2 + 4096;
+    char *buffer = PyMem_Realloc(ctx->buffer, (size_t)capacity);
+    if (buffer == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    ctx->buffer = buffer;
+    ctx->capacity = capacity;
+    return 0;
+}
+
+/* (JSON isoformat, store form) of an event time in milliseconds, borrowed from the
+ * poll's cache; NULL with no exception when the time is out of range (the Python
+ * path decides), NULL with one on failure. */
+static PyObject *
+time_forms(Context *ctx, int64_t millis)
+{
+    PyObject *key = PyLong_FromLongLong(millis);
+    if (key == NULL)
+        return NULL;
+    PyObject *forms = PyDict_GetItemWithError(ctx->times, key);
+    if (forms == NULL && !PyErr_Occurred()) {
+        forms = PyObject_CallOneArg(ctx->time_forms, key);
+        if (forms == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_OverflowError) ||
+                PyErr_ExceptionMatches(PyExc_ValueError))
+                PyErr_Clear();
+            Py_DECREF(key);
+            return NULL;
+        }
+        if (!PyTuple_CheckExact(forms) || PyTuple_GET_SIZE(forms) != 2 ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(forms, 0)) ||
+            !PyUnicode_IS_ASCII(PyTuple_GET_ITEM(forms, 0))) {
+            PyErr_SetString(PyExc_TypeError, "time_forms must return (ASCII str, object)");
+            Py_DECREF(forms);
+            Py_DECREF(key);
+            return NULL;
+        }
+        int failed = PyDict_SetItem(ctx->times, key, forms);
+        Py_DECREF(forms); /* the dict holds it */
+        if (failed) {
+            Py_DECREF(key);
+            return NULL;
+        }
+    }
+    Py_DECREF(key);
+    return forms;
+}
+
+static inline char *
+put(char *o, const char *s, Py_ssize_t n)
+{
+    memcpy(o, s, (size_t)n);
+    return o + n;
+}
+
+#define PUT_LITERAL(o, s) put((o), (s), (Py_ssize_t)(sizeof(s) - 1))
+
+/* One record's row (a new reference), Py_None (a new reference) when the Python
+ * path must take it, NULL on failure. */
+static PyObject *
+row_of(Context *ctx, PyObject *message)
+{
+    PyObject *value = PyObject_CallMethodNoArgs(message, str_value);
+    if (value == NULL)
+        return NULL;
+    if (!PyBytes_CheckExact(value)) {
+        Py_DECREF(value);
+        Py_RETURN_NONE;
+    }
+    const unsigned char *v = (const unsigned char *)PyBytes_AS_STRING(value);
+    Py_ssize_t len = PyBytes_GET_SIZE(value);
+    Text id, supplier, description, amount, currency, raw_text;
+    int has_amount = 0, has_currency = 0, has_date = 0, has_text = 0, has_time = 0, present;
+    int64_t days = 0, millis = 0, year = 0;
+    int month = 0, day = 0;
+    Py_ssize_t pos = 0, limit = ctx->max_text_bytes;
+    /* As the codec: empty, oversized and framed values go the general way. */
+    if (len == 0 || len > ctx->max_value_bytes || v[0] == 0 || (len >= 2 && v[0] == 0xC3 && v[1] == 0x01))
+        goto python;
+    if (read_text(v, len, &pos, limit, &id) || read_text(v, len, &pos, limit, &supplier) ||
+        read_text(v, len, &pos, limit, &description))
+        goto python;
+    if (read_union(v, len, &pos, &present))
+        goto python;
+    if (present && (has_amount = 1, read_text(v, len, &pos, limit, &amount)))
+        goto python;
+    if (read_union(v, len, &pos, &present))
+        goto python;
+    if (present && (has_currency = 1, read_text(v, len, &pos, limit, &currency)))
+        goto python;
+    if (read_union(v, len, &pos, &present))
+        goto python;
+    if (present && (has_date = 1, read_long(v, len, &pos, &days)))
+        goto python;
+    if (read_union(v, len, &pos, &present))
+        goto python;
+    if (present && (has_text = 1, read_text(v, len, &pos, limit, &raw_text)))
+        goto python;
+    if (read_union(v, len, &pos, &present))
+        goto python;
+    if (present && (has_time = 1, read_long(v, len, &pos, &millis)))
+        goto python;
+    if (pos != len)
+        goto python;
+    /* validate_invoice's rules, for values that pass them unchanged. */
+    if (id.n == 0 || id.chars > MAX_INVOICE_ID_CHARS)
+        goto python;
+    if (has_text && raw_text.n == 0)
+        goto python;
+    if (supplier.n == 0 && description.n == 0 && !has_text)
+        goto python;
+    if (has_amount && !plain_amount(&amount))
+        goto python;
+    if (!has_amount && !has_text)
+        goto python;
+    if (has_currency && !known_currency(ctx, &currency))
+        goto python;
+    if (has_amount && !has_currency)
+        goto python;
+    if (has_date) {
+        if (days < -1000000 || days > 1000000)
+            goto python;
+        civil_from_days(days, &year, &month, &day);
+        if (year < 1990 || year > 2100)
+            goto python;
+    }
+
+    /* The event time: the value's own, else the record's timestamp. */
+    PyObject *forms = NULL;
+    if (has_time) {
+        forms = time_forms(ctx, millis);
+        if (forms == NULL) {
+            if (PyErr_Occurred())
+                goto failed;
+            goto python;
+        }
+    }
+    else {
+        PyObject *timestamp = PyObject_CallMethodNoArgs(message, str_timestamp);
+        if (timestamp == NULL)
+            goto failed;
+        long long kafka_ms = -1;
+        if (PyTuple_Check(timestamp) && PyTuple_GET_SIZE(timestamp) == 2)
+            kafka_ms = PyLong_AsLongLong(PyTuple_GET_ITEM(timestamp, 1));
+        Py_DECREF(timestamp);
+        if (kafka_ms == -1 && PyErr_Occurred())
+            goto failed;
+        if (kafka_ms > 0) {
+            forms = time_forms(ctx, kafka_ms);
+            if (forms == NULL) {
+                if (PyErr_Occurred())
+                    goto failed;
+                goto python;
+            }
+        }
+    }
+    const char *time_json = "null";
+    Py_ssize_t time_json_len = 4;
+    PyObject *event_time_db = Py_None;
+    if (forms != NULL) {
+        PyObject *json = PyTuple_GET_ITEM(forms, 0);
+        time_json = (const char *)PyUnicode_1BYTE_DATA(json);
+        time_json_len = PyUnicode_GET_LENGTH(json);
+        event_time_db = PyTuple_GET_ITEM(forms, 1);
+    }
+
+    /* Escape each text once into the scratch buffer. */
+    Py_ssize_t texts = id.n + supplier.n + description.n + (has_text ? raw_text.n : 0);
+    if (ensure_capacity(ctx, 6 * texts + 64))
+        goto failed;
+    char *b = ctx->buffer;
+    Py_ssize_t id_len = escape(&id, b);
+    char *supplier_json = b + id_len;
+    Py_ssize_t supplier_len = escape(&supplier, supplier_json);
+    char *description_json = supplier_json + supplier_len;
+    Py_ssize_t description_len = escape(&description, description_json);
+    char *text_json = description_json + description_len;
+    Py_ssize_t text_len = has_text ? escape(&raw_text, text_json) : 0;
+    if (!has_text) {
+        memcpy(text_json, "null", 4);
+        text_len = 4;
+    }
+    char amount_json[24], currency_json[8], date_json[16];
+    Py_ssize_t amount_len = 4, currency_len = 4, date_len = 4;
+    memcpy(amount_json, "null", 4);
+    memcpy(currency_json, "null", 4);
+    memcpy(date_json, "null", 4);
+    if (has_amount) {
+        amount_json[0] = '"';
+        memcpy(amount_json + 1, amount.p, (size_t)amount.n);
+        amount_json[amount.n + 1] = '"';
+        amount_len = amount.n + 2;
+    }
+    if (has_currency) {
+        currency_json[0] = '"';
+        memcpy(currency_json + 1, currency.p, 3);
+        currency_json[4] = '"';
+        currency_len = 5;
+    }
+    if (has_date) {
+        snprintf(date_json, sizeof date_json, "\"%04d-%02d-%02d\"", (int)year, month, day);
+        date_len = 12;
+    }
+
+    /* The payload, as Invoice.row_forms writes it. */
+    Py_ssize_t fields = id_len + supplier_len + description_len + amount_len + currency_len +
+                        date_len + text_len;
+    Py_ssize_t payload_len = fields + time_json_len +
+                             (Py_ssize_t)sizeof("{\"invoice_id\":,\"supplier\":,\"description\":,"
+                                                "\"amount\":,\"currency\":,\"invoice_date\":,"
+                                                "\"raw_text\":,\"event_time\":}") - 1;
+    PyObject *payload = PyUnicode_New(payload_len, 127);
+    if (payload == NULL)
+        goto failed;
+    char *o = (char *)PyUnicode_1BYTE_DATA(payload);
+    o = PUT_LITERAL(o, "{\"invoice_id\":");
+    o = put(o, b, id_len);
+    o = PUT_LITERAL(o, ",\"supplier\":");
+    o = put(o, supplier_json, supplier_len);
+    o = PUT_LITERAL(o, ",\"description\":");
+    o = put(o, description_json, description_len);
+    o = PUT_LITERAL(o, ",\"amount\":");
+    o = put(o, amount_json, amount_len);
+    o = PUT_LITERAL(o, ",\"currency\":");
+    o = put(o, currency_json, currency_len);
+    o = PUT_LITERAL(o, ",\"invoice_date\":");
+    o = put(o, date_json, date_len);
+    o = PUT_LITERAL(o, ",\"raw_text\":");
+    o = put(o, text_json, text_len);
+    o = PUT_LITERAL(o, ",\"event_time\":");
+    o = put(o, time_json, time_json_len);
+    *o++ = '}';
+    assert(o - (char *)PyUnicode_1BYTE_DATA(payload) == payload_len);
+
+    /* The canonical text (sorted keys, no event_time), hashed. */
+    Py_ssize_t canonical_len = fields + (Py_ssize_t)sizeof(
+                                            "{\"amount\":,\"currency\":,\"description\":,"
+                                            "\"invoice_date\":,\"invoice_id\":,\"raw_text\":,"
+                                            "\"supplier\":}") - 1;
+    PyObject *canonical = PyBytes_FromStringAndSize(NULL, canonical_len);
+    if (canonical == NULL) {
+        Py_DECREF(payload);
+        goto failed;
+    }
+    o = PyBytes_AS_STRING(canonical);
+    o = PUT_LITERAL(o, "{\"amount\":");
+    o = put(o, amount_json, amount_len);
+    o = PUT_LITERAL(o, ",\"currency\":");
+    o = put(o, currency_json, currency_len);
+    o = PUT_LITERAL(o, ",\"description\":");
+    o = put(o, description_json, description_len);
+    o = PUT_LITERAL(o, ",\"invoice_date\":");
+    o = put(o, date_json, date_len);
+    o = PUT_LITERAL(o, ",\"invoice_id\":");
+    o = put(o, b, id_len);
+    o = PUT_LITERAL(o, ",\"raw_text\":");
+    o = put(o, text_json, text_len);
+    o = PUT_LITERAL(o, ",\"supplier\":");
+    o = put(o, supplier_json, supplier_len);
+    *o++ = '}';
+    assert(o - PyBytes_AS_STRING(canonical) == canonical_len);
+    PyObject *hash = PyObject_CallOneArg(ctx->sha256, canonical);
+    Py_DECREF(canonical);
+    if (hash == NULL) {
+        Py_DECREF(payload);
+        goto failed;
+    }
+    PyObject *content_hash = PyObject_CallMethodNoArgs(hash, str_hexdigest);
+    Py_DECREF(hash);
+    if (content_hash == NULL) {
+        Py_DECREF(payload);
+        goto failed;
+    }
+
+    /* request_size_bound: the prompt head's escaped length, line by line. */
+    Py_ssize_t head = 12 + id_len;
+    if (supplier.n)
+        head += 10 + supplier_len;
+    if (description.n)
+        head += 13 + description_len;
+    if (has_amount)
+        head += 10 + amount.n + (has_currency ? 1 + currency.n : 0);
+    else if (has_currency)
+        head += 12 + currency.n;
+    if (has_date)
+        head += 16 + 10;
+    Py_ssize_t bound = ctx->fixed_size + head + (has_text ? 8 + text_len - 2 : 0);
+
+    PyObject *row = PyTuple_New(12);
+    if (row == NULL) {
+        Py_DECREF(payload);
+        Py_DECREF(content_hash);
+        goto failed;
+    }
+    PyObject *invoice_id = PyUnicode_DecodeUTF8((const char *)id.p, id.n, "strict");
+    PyObject *bound_obj = PyLong_FromSsize_t(bound);
+    PyObject *topic = PyObject_CallMethodNoArgs(message, str_topic);
+    PyObject *partition = PyObject_CallMethodNoArgs(message, str_partition);
+    PyObject *offset = PyObject_CallMethodNoArgs(message, str_offset);
+    PyObject *key = PyObject_CallMethodNoArgs(message, str_key);
+    PyObject *encoding = has_time ? ctx->timed : ctx->untimed;
+    Py_INCREF(ctx->received_at);
+    Py_INCREF(event_time_db);
+    Py_INCREF(Py_None);
+    Py_INCREF(encoding);
+    PyTuple_SET_ITEM(row, 0, invoice_id);
+    PyTuple_SET_ITEM(row, 1, content_hash);
+    PyTuple_SET_ITEM(row, 2, payload);
+    PyTuple_SET_ITEM(row, 3, bound_obj);
+    PyTuple_SET_ITEM(row, 4, ctx->received_at);
+    PyTuple_SET_ITEM(row, 5, event_time_db);
+    PyTuple_SET_ITEM(row, 6, topic);
+    PyTuple_SET_ITEM(row, 7, partition);
+    PyTuple_SET_ITEM(row, 8, offset);
+    PyTuple_SET_ITEM(row, 9, key);
+    PyTuple_SET_ITEM(row, 10, Py_None);
+    PyTuple_SET_ITEM(row, 11, encoding);
+    Py_DECREF(value);
+    if (!invoice_id || !bound_obj || !topic || !partition || !offset || !key) {
+        Py_DECREF(row);
+        return NULL;
+    }
+    return row;
+
+python:
+    Py_DECREF(value);
+    Py_RETURN_NONE;
+failed:
+    Py_DECREF(value);
+    return NULL;
+}
+
+PyDoc_STRVAR(rows_doc,
+"rows(messages)\n--\n\n"
+"For each message, its PendingRow, or None when the Python path must read it.");
+
+static PyObject *
+Context_rows(Context *self, PyObject *messages)
+{
+    if (self->times == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Rows was not initialised");
+        return NULL;
+    }
+    PyObject *sequence = PySequence_Fast(messages, "messages must be a sequence");
+    if (sequence == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
+    PyObject *result = PyList_New(n);
+    if (result == NULL) {
+        Py_DECREF(sequence);
+        return NULL;
+    }
+    PyObject **items = PySequence_Fast_ITEMS(sequence);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        /* A poll takes milliseconds here: let the store's writer thread take the
+         * interpreter lock between records when it has asked for it, as between
+         * bytecodes, so its statements keep the database busy meanwhile. */
+        if ((i & 15) == 15) {
+            Py_BEGIN_ALLOW_THREADS
+            Py_END_ALLOW_THREADS
+        }
+        PyObject *row = row_of(self, items[i]);
+        if (row == NULL) {
+            Py_DECREF(result);
+            Py_DECREF(sequence);
+            return NULL;
+        }
+        PyList_SET_ITEM(result, i, row);
+    }
+    Py_DECREF(sequence);
+    return result;
+}
+
+static PyMethodDef Context_methods[] = {
+    {"rows", (PyCFunction)Context_rows, METH_O, rows_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+PyDoc_STRVAR(Context_doc,
+"Rows(*, max_text_bytes, fixed_size, received_at, times, time_forms, currencies, sha256)\n--\n\n"
+"One poll's settings for rows(): the text cap, the request bytes besides the prompt,\n"
+"the poll's received_at in the store's form, the poll's event-time cache (a dict of\n"
+"milliseconds to (JSON isoformat, store form)) and the function that fills it, the\n"
+"ISO 4217 codes, and hashlib.sha256.");
+
+static PyTypeObject ContextType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "invoice_batch._avro_rows.Rows",
+    .tp_basicsize = sizeof(Context),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = Context_doc,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Context_init,
+    .tp_dealloc = (destructor)Context_dealloc,
+    .tp_traverse = (traverseproc)Context_traverse,
+    .tp_clear = (inquiry)Context_clear,
+    .tp_methods = Context_methods,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "invoice_batch._avro_rows",
+    .m_doc = "Store rows straight from raw Avro InvoiceEvent values (see the source's header).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC
+PyInit__avro_rows(void)
+{
+#define INTERN(var, text)                                                                       \
+    if ((var = PyUnicode_InternFromString(text)) == NULL)                                    \
+        return NULL;
+    INTERN(str_value, "value");
+    INTERN(str_timestamp, "timestamp");
+    INTERN(str_topic, "topic");
+    INTERN(str_partition, "partition");
+    INTERN(str_offset, "offset");
+    INTERN(str_key, "key");
+    INTERN(str_hexdigest, "hexdigest");
+#undef INTERN
+    if (PyType_Ready(&ContextType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&ContextType);
+    if (PyModule_AddObject(m, "Rows", (PyObject *)&ContextType) < 0) {
+        Py_DECREF(&ContextType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

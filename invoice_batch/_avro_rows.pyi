@@ -1,0 +1,20 @@
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from confluent_kafka import Message
+
+from invoice_batch.store.repository import PendingRow
+
+class Rows:
+    def __init__(
+        self,
+        *,
+        max_text_bytes: int,
+        fixed_size: int,
+        received_at: object,
+        times: dict[int, tuple[str, object]],
+        time_forms: Callable[[int], tuple[str, object]],
+        currencies: Iterable[str],
+        sha256: Callable[[bytes], Any],
+    ) -> None: ...
+    def rows(self, messages: Sequence[Message]) -> list[PendingRow | None]: ...
