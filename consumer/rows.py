@@ -9,6 +9,10 @@ it leaves every other record (None) to the Python path, which gives its row or i
 error, so every error still comes from one place. Property tests hold the compiled
 rows to the Python ones byte for byte (tests/unit/test_avro_rows.py).
 
+For PostgreSQL the compiled path also writes the poll's rows as binary COPY data,
+which the store's writer thread sends as it is (``pg_copy``) instead of formatting
+each row again while holding the interpreter lock.
+
 Without a C compiler at install time there is no compiled path (``COMPILED`` is
 false) and every record takes the Python one.
 """
@@ -42,6 +46,14 @@ COMPILED = _CompiledRows is not None
 _TIME_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _pg_micros(at: datetime) -> int:
+    """A timestamptz in binary COPY: microseconds since 2000-01-01 UTC."""
+    return (at - _PG_EPOCH) // timedelta(microseconds=1)
+
+
 def event_time_of(milliseconds: int) -> datetime:
     """A Kafka or Avro timestamp in milliseconds as an aware UTC datetime."""
     return _TIME_EPOCH + timedelta(milliseconds=milliseconds)
@@ -58,6 +70,7 @@ class PollRows:
         model: str,
         max_tokens: int,
         received_at: datetime,
+        pg_copy: bool = False,
     ) -> None:
         self.codec = codec
         self.to_db = to_db
@@ -76,6 +89,7 @@ class PollRows:
                 time_forms=self._time_forms,
                 currencies=ISO_4217,
                 sha256=hashlib.sha256,
+                pg_copy_received_at=_pg_micros(received_at) if pg_copy else None,
             )
             if _CompiledRows is not None and codec.reads_raw_directly
             else None
@@ -96,6 +110,12 @@ class PollRows:
         """Each record's row, or None where ``python_row`` must take it; None for the
         whole poll when there is no compiled path (or it cannot read this codec's values)."""
         return None if self._compiled is None else self._compiled.rows(messages)
+
+    def pg_copy(self) -> bytes | None:
+        """The last ``compiled`` poll's rows as PostgreSQL's binary COPY data
+        (``Store.add_pending_rows``); None unless ``pg_copy`` was asked for and every
+        record of the poll was compiled."""
+        return None if self._compiled is None else self._compiled.pg_copy()
 
     def python_row(self, message: Message) -> PendingRow:
         """The record's row; InvalidMessage when it is not a valid invoice."""

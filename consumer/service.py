@@ -107,6 +107,8 @@ class _Poll:
     messages: Sequence[Message]
     rows: list[PendingRow]
     invalid: int
+    # The rows as PostgreSQL's binary COPY data, when the compiled path wrote them.
+    pg_copy: bytes | None = None
     write: Future[int] | None = field(default=None)
 
 
@@ -263,7 +265,7 @@ class ConsumerService:
         self.finish_pending()
         poll = self._decode(messages)  # 1
         try:
-            accepted = self._store_rows(poll.rows)  # 2, 3
+            accepted = self._store_rows(poll)  # 2, 3
         except SQLAlchemyError as exc:
             self._rewind_and_pause(poll.messages, exc)
             return
@@ -285,7 +287,7 @@ class ConsumerService:
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
             sys.setswitchinterval(min(sys.getswitchinterval(), WRITER_SWITCH_INTERVAL))
-        poll.write = self._writer.submit(self._store_rows, poll.rows)  # 2, 3
+        poll.write = self._writer.submit(self._store_rows, poll)  # 2, 3
         self._in_writer = poll
 
     def finish_pending(self, also_rewind: Sequence[Message] = ()) -> bool:
@@ -315,12 +317,14 @@ class ConsumerService:
             model=self.settings.claude_model,
             max_tokens=self.settings.claude_max_tokens,
             received_at=self.clock(),
+            pg_copy=self.store.dialect == "postgresql",
         )
         compiled = poll_rows.compiled(messages)
         guard = self.guard
         if compiled is not None and None not in compiled:
             guard.record_valid(len(compiled))
-            return _Poll(messages, cast("list[PendingRow]", compiled), 0)
+            every = cast("list[PendingRow]", compiled)
+            return _Poll(messages, every, 0, pg_copy=poll_rows.pg_copy())
         python_row = poll_rows.python_row
         rows: list[PendingRow] = []
         invalid = 0
@@ -343,9 +347,9 @@ class ConsumerService:
         guard.record_valid(len(rows) - counted)
         return _Poll(messages, rows, invalid)
 
-    def _store_rows(self, rows: Sequence[PendingRow]) -> int:
+    def _store_rows(self, poll: _Poll) -> int:
         """Steps 2–3 (in the writer thread when run overlaps polls)."""
-        return self.store.add_pending_rows(rows)
+        return self.store.add_pending_rows(poll.rows, pg_copy=poll.pg_copy)
 
     def _complete(self, poll: _Poll, accepted: int, also_rewind: Sequence[Message] = ()) -> bool:
         """Steps 4–6 for a poll whose rows are committed."""

@@ -52,6 +52,12 @@ typedef struct {
     /* scratch: the escaped fields, then the canonical text */
     char *buffer;
     Py_ssize_t capacity;
+    /* PostgreSQL's binary COPY of the last rows() call's rows (pg_copy_received_at
+     * given): its length, or -1 when a record was left to the Python path. */
+    int pg_copy;
+    int64_t pg_received_at;  /* microseconds since 2000-01-01 UTC */
+    char *copy;
+    Py_ssize_t copy_len, copy_capacity;
 } Context;
 
 static PyObject *str_value, *str_timestamp, *str_topic, *str_partition, *str_offset, *str_key,
@@ -85,6 +91,7 @@ Context_dealloc(Context *self)
     PyObject_GC_UnTrack(self);
     Context_clear(self);
     PyMem_Free(self->buffer);
+    PyMem_Free(self->copy);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -92,13 +99,27 @@ static int
 Context_init(Context *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"max_text_bytes", "fixed_size", "received_at", "times",
-                             "time_forms", "currencies", "sha256", NULL};
-    Py_ssize_t max_text_bytes, fixed_size;
-    PyObject *received_at, *times, *time_forms, *currencies, *sha256;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$nnOO!OOO", kwlist, &max_text_bytes,
+                             "time_forms", "currencies", "sha256", "pg_copy_received_at", NULL};
+    Py_ssize_t max_text_bytes = -1, fixed_size = -1;
+    PyObject *received_at = NULL, *times = NULL, *time_forms = NULL, *currencies = NULL,
+             *sha256 = NULL, *pg_received_at = Py_None;
+    /* Keyword-only arguments are optional ones to this parser: absent ones are refused below. */
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$nnOO!OOOO", kwlist, &max_text_bytes,
                                      &fixed_size, &received_at, &PyDict_Type, &times,
-                                     &time_forms, &currencies, &sha256))
+                                     &time_forms, &currencies, &sha256, &pg_received_at))
         return -1;
+    if (received_at == NULL || times == NULL || time_forms == NULL || currencies == NULL ||
+        sha256 == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Rows() takes every keyword argument but pg_copy_received_at");
+        return -1;
+    }
+    self->pg_copy = pg_received_at != Py_None;
+    if (self->pg_copy) {
+        self->pg_received_at = PyLong_AsLongLong(pg_received_at);
+        if (self->pg_received_at == -1 && PyErr_Occurred())
+            return -1;
+    }
+    self->copy_len = -1;
     if (max_text_bytes < 0 || fixed_size < 0) {
         PyErr_SetString(PyExc_ValueError, "max_text_bytes and fixed_size must be >= 0");
         return -1;
@@ -483,6 +504,132 @@ time_forms(Context *ctx, int64_t millis)
     return forms;
 }
 
+/* ---------------------------------------------------------------- binary COPY */
+
+/* PostgreSQL's binary COPY: a signature, flags and header extension length, then per
+ * tuple a field count and per field a length (-1: NULL) and the value (big-endian
+ * integers; timestamptz as microseconds since 2000-01-01 UTC), then -1. */
+static const char COPY_SIGNATURE[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
+#define COPY_FIELDS 14
+#define PG_EPOCH_MICROS INT64_C(946684800000000) /* 2000-01-01 in Unix microseconds */
+
+static int
+copy_reserve(Context *ctx, Py_ssize_t more)
+{
+    if (ctx->copy_len + more <= ctx->copy_capacity)
+        return 0;
+    Py_ssize_t capacity = (ctx->copy_len + more) * 2 + 65536;
+    char *copy = PyMem_Realloc(ctx->copy, (size_t)capacity);
+    if (copy == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    ctx->copy = copy;
+    ctx->copy_capacity = capacity;
+    return 0;
+}
+
+static inline char *
+put_be32(char *o, uint32_t v)
+{
+    o[0] = (char)(v >> 24); o[1] = (char)(v >> 16); o[2] = (char)(v >> 8); o[3] = (char)v;
+    return o + 4;
+}
+
+static inline char *
+put_be64(char *o, uint64_t v)
+{
+    o = put_be32(o, (uint32_t)(v >> 32));
+    return put_be32(o, (uint32_t)v);
+}
+
+static inline char *
+put_field(char *o, const char *data, Py_ssize_t n)
+{
+    o = put_be32(o, (uint32_t)n);
+    memcpy(o, data, (size_t)n);
+    return o + n;
+}
+
+static inline char *
+put_null(char *o)
+{
+    return put_be32(o, UINT32_MAX);
+}
+
+/* The UTF-8 of a str, or NULL (a NULL field) for None; -1 in *n on failure. */
+static const char *
+utf8_of(PyObject *value, Py_ssize_t *n)
+{
+    if (value == Py_None) {
+        *n = 0;
+        return NULL;
+    }
+    const char *data = PyUnicode_Check(value) ? PyUnicode_AsUTF8AndSize(value, n) : NULL;
+    if (data == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "expected str or None");
+        *n = -1;
+    }
+    return data;
+}
+
+/* The row's tuple in binary COPY, in _COPY_POSTGRESQL's columns: status, attempts,
+ * then the row's twelve. */
+static int
+copy_row(Context *ctx, PyObject *row, int64_t event_micros, int has_event_time,
+         const char *payload, Py_ssize_t payload_len)
+{
+    Py_ssize_t id_len, hash_len, topic_len, encoding_len, key_len = 0;
+    const char *id = utf8_of(PyTuple_GET_ITEM(row, 0), &id_len);
+    const char *hash = utf8_of(PyTuple_GET_ITEM(row, 1), &hash_len);
+    const char *topic = utf8_of(PyTuple_GET_ITEM(row, 6), &topic_len);
+    const char *encoding = utf8_of(PyTuple_GET_ITEM(row, 11), &encoding_len);
+    if (id_len < 0 || hash_len < 0 || topic_len < 0 || encoding_len < 0)
+        return -1;
+    PyObject *partition = PyTuple_GET_ITEM(row, 7), *offset = PyTuple_GET_ITEM(row, 8);
+    PyObject *key = PyTuple_GET_ITEM(row, 9);
+    if (!PyLong_Check(partition) || !PyLong_Check(offset)) {
+        PyErr_SetString(PyExc_TypeError, "partition and offset must be int");
+        return -1;
+    }
+    long partition_value = PyLong_AsLong(partition);
+    long long offset_value = PyLong_AsLongLong(offset);
+    long request_bytes = PyLong_AsLong(PyTuple_GET_ITEM(row, 3));
+    if (PyErr_Occurred())
+        return -1;
+    if (key != Py_None) {
+        if (!PyBytes_Check(key)) {
+            PyErr_SetString(PyExc_TypeError, "key must be bytes or None");
+            return -1;
+        }
+        key_len = PyBytes_GET_SIZE(key);
+    }
+    Py_ssize_t size = 2 + COPY_FIELDS * 4 + 7 /* pending */ + 4 + id_len + hash_len +
+                      payload_len + 4 + 8 + 8 + topic_len + 4 + 8 + key_len + encoding_len;
+    if (copy_reserve(ctx, size))
+        return -1;
+    char *o = ctx->copy + ctx->copy_len;
+    *o++ = 0;
+    *o++ = COPY_FIELDS;
+    o = put_field(o, "pending", 7);
+    o = put_be32(put_be32(o, 4), 0);  /* attempts */
+    o = put_field(o, id, id_len);
+    o = put_field(o, hash, hash_len);
+    o = put_field(o, payload, payload_len);
+    o = put_be32(put_be32(o, 4), (uint32_t)request_bytes);
+    o = put_be64(put_be32(o, 8), (uint64_t)ctx->pg_received_at);
+    o = has_event_time ? put_be64(put_be32(o, 8), (uint64_t)event_micros) : put_null(o);
+    o = topic ? put_field(o, topic, topic_len) : put_null(o);
+    o = put_be32(put_be32(o, 4), (uint32_t)partition_value);
+    o = put_be64(put_be32(o, 8), (uint64_t)offset_value);
+    o = key != Py_None ? put_field(o, PyBytes_AS_STRING(key), key_len) : put_null(o);
+    o = put_null(o);  /* source_value: rebuilt from the payload */
+    o = put_field(o, encoding, encoding_len);
+    ctx->copy_len = o - ctx->copy;
+    return 0;
+}
+
 static inline char *
 put(char *o, const char *s, Py_ssize_t n)
 {
@@ -564,6 +711,7 @@ row_of(Context *ctx, PyObject *message)
 
     /* The event time: the value's own, else the record's timestamp. */
     PyObject *forms = NULL;
+    int64_t event_millis = millis;
     if (has_time) {
         forms = time_forms(ctx, millis);
         if (forms == NULL) {
@@ -583,6 +731,7 @@ row_of(Context *ctx, PyObject *message)
         if (kafka_ms == -1 && PyErr_Occurred())
             goto failed;
         if (kafka_ms > 0) {
+            event_millis = kafka_ms;
             forms = time_forms(ctx, kafka_ms);
             if (forms == NULL) {
                 if (PyErr_Occurred())
@@ -757,6 +906,12 @@ row_of(Context *ctx, PyObject *message)
         Py_DECREF(row);
         return NULL;
     }
+    if (ctx->pg_copy && ctx->copy_len >= 0 &&
+        copy_row(ctx, row, event_millis * 1000 - PG_EPOCH_MICROS, forms != NULL,
+                 (const char *)PyUnicode_1BYTE_DATA(payload), payload_len)) {
+        Py_DECREF(row);
+        return NULL;
+    }
     return row;
 
 python:
@@ -788,6 +943,17 @@ Context_rows(Context *self, PyObject *messages)
         return NULL;
     }
     PyObject **items = PySequence_Fast_ITEMS(sequence);
+    self->copy_len = -1;
+    if (self->pg_copy) {
+        self->copy_len = 0;
+        if (copy_reserve(self, sizeof COPY_SIGNATURE + 2)) {
+            Py_DECREF(result);
+            Py_DECREF(sequence);
+            return NULL;
+        }
+        memcpy(self->copy, COPY_SIGNATURE, sizeof COPY_SIGNATURE);
+        self->copy_len = sizeof COPY_SIGNATURE;
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
         /* A poll takes milliseconds here: let the store's writer thread take the
          * interpreter lock between records when it has asked for it, as between
@@ -802,23 +968,51 @@ Context_rows(Context *self, PyObject *messages)
             Py_DECREF(sequence);
             return NULL;
         }
+        if (row == Py_None)
+            self->copy_len = -1; /* the poll is written row by row */
         PyList_SET_ITEM(result, i, row);
     }
     Py_DECREF(sequence);
+    if (self->copy_len >= 0) {
+        if (copy_reserve(self, 2)) {
+            Py_DECREF(result);
+            return NULL;
+        }
+        self->copy[self->copy_len++] = (char)0xFF;
+        self->copy[self->copy_len++] = (char)0xFF;
+    }
     return result;
+}
+
+PyDoc_STRVAR(pg_copy_doc,
+"pg_copy()\n--\n\n"
+"The last rows() call's rows as PostgreSQL's binary COPY data (signature and trailer\n"
+"included), in the columns status, attempts and the row's; None when a record was\n"
+"left to the Python path, or without pg_copy_received_at.");
+
+static PyObject *
+Context_pg_copy(Context *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->copy_len < 0)
+        Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize(self->copy, self->copy_len);
 }
 
 static PyMethodDef Context_methods[] = {
     {"rows", (PyCFunction)Context_rows, METH_O, rows_doc},
+    {"pg_copy", (PyCFunction)Context_pg_copy, METH_NOARGS, pg_copy_doc},
     {NULL, NULL, 0, NULL},
 };
 
 PyDoc_STRVAR(Context_doc,
-"Rows(*, max_text_bytes, fixed_size, received_at, times, time_forms, currencies, sha256)\n--\n\n"
+"Rows(*, max_text_bytes, fixed_size, received_at, times, time_forms, currencies, sha256,\n"
+"     pg_copy_received_at=None)\n--\n\n"
 "One poll's settings for rows(): the text cap, the request bytes besides the prompt,\n"
 "the poll's received_at in the store's form, the poll's event-time cache (a dict of\n"
 "milliseconds to (JSON isoformat, store form)) and the function that fills it, the\n"
-"ISO 4217 codes, and hashlib.sha256.");
+"ISO 4217 codes, and hashlib.sha256. With pg_copy_received_at (received_at in\n"
+"microseconds since 2000-01-01 UTC), rows() also writes its rows as PostgreSQL's\n"
+"binary COPY data, for pg_copy().");
 
 static PyTypeObject ContextType = {
     PyVarObject_HEAD_INIT(NULL, 0)

@@ -112,7 +112,9 @@ _COPY_TYPES = (
 )
 
 
-def _insert_postgresql(connection: Connection, batch: Sequence[PendingRow]) -> int:
+def _insert_postgresql(
+    connection: Connection, batch: Sequence[PendingRow], copy_data: bytes | None = None
+) -> int:
     """The rows whose pair is not stored yet; returns how many were inserted.
 
     Nearly every poll is new rows only: they go by COPY, which has no ON CONFLICT. A
@@ -128,10 +130,13 @@ def _insert_postgresql(connection: Connection, batch: Sequence[PendingRow]) -> i
             # SQLAlchemy's savepoint, not psycopg's transaction(): with nothing sent yet
             # in this transaction, that one would open and commit a transaction of its own.
             with connection.begin_nested(), cursor.copy(_COPY_POSTGRESQL) as copy:
-                copy.set_types(_COPY_TYPES)
-                write_row = copy.write_row
-                for row in batch:
-                    write_row(("pending", 0, *row))
+                if copy_data is not None:
+                    copy.write(copy_data)
+                else:
+                    copy.set_types(_COPY_TYPES)
+                    write_row = copy.write_row
+                    for row in batch:
+                        write_row(("pending", 0, *row))
         except psycopg.errors.UniqueViolation:
             columns = [list(column) for column in zip(*batch, strict=True)]
             cursor.execute(_INSERT_POSTGRESQL, columns)
@@ -319,7 +324,12 @@ class Store:
             )
         return pending
 
-    def add_pending_rows(self, rows: Sequence[PendingRow]) -> int:
+    @property
+    def dialect(self) -> str:
+        """The database's SQLAlchemy dialect name: ``sqlite`` or ``postgresql``."""
+        return self._dialect
+
+    def add_pending_rows(self, rows: Sequence[PendingRow], *, pg_copy: bytes | None = None) -> int:
         """``add_invoices`` for rows already in the driver's form; returns the rows inserted.
 
         The insert goes to the driver without SQLAlchemy's per-row parameter
@@ -331,6 +341,10 @@ class Store:
 
         The statements run with the GIL released (the SQLite library or the server
         works while the driver waits), so a writer thread overlaps them with decoding.
+
+        ``pg_copy``: the same rows as PostgreSQL's binary COPY data (columns status,
+        attempts, then the row's), which PostgreSQL then gets as it is when no pair
+        repeats within ``rows``; SQLite ignores it.
         """
         seen: set[tuple[str, str]] = set()
         batch: list[PendingRow] = []
@@ -344,7 +358,8 @@ class Store:
         try:
             with self.engine.begin() as connection:
                 if self._dialect == "postgresql":
-                    accepted = _insert_postgresql(connection, batch)
+                    copy = pg_copy if len(batch) == len(rows) else None
+                    accepted = _insert_postgresql(connection, batch, copy)
                 else:
                     accepted = _insert_sqlite(connection, batch)
                 crash_point("consume.before_db_commit")

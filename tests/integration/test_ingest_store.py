@@ -268,3 +268,87 @@ def test_the_partial_indexes_serve_the_batch_and_report_queries(database_url: st
             ).all()
             assert index in " ".join(str(line) for line in plan), plan
     engine.dispose()
+
+
+def _compiled_poll(count: int) -> tuple[list[repository.PendingRow], bytes]:
+    """A poll's rows and binary COPY data from the compiled path, as the consumer
+    makes them for PostgreSQL: own event times and Kafka ones, keys and none, texts
+    beyond ASCII."""
+    from confluent_kafka import Message
+    from invoice_batch.consumer.rows import PollRows
+
+    codec = InvoiceCodec("avro", max_text_bytes=32_768)
+    messages = [
+        Message(
+            topic="invoices",
+            partition=i % 3,
+            offset=10_000 + i,
+            key=None if i % 4 == 0 else f"K-{i}".encode(),
+            value=codec.encode(
+                {
+                    "invoice_id": f"INV-{i:05d}",
+                    "supplier": "Café Coffee Day" if i % 2 else "Dell",
+                    "description": "Laptops",
+                    "amount": f"{i}.50",
+                    "currency": "INR",
+                    "invoice_date": "2026-03-01" if i % 3 else None,
+                    "raw_text": f'Line "{i}"\n₹ {i}.50 😀 ' * 40 + "end",
+                    "event_time": f"2026-03-01T12:00:00.{i % 1000:03d}+00:00" if i % 5 else None,
+                }
+            ),
+            timestamp=(1, 1_772_366_400_000 + i) if i % 7 else (0, -1),
+        )
+        for i in range(count)
+    ]
+    engine = make_engine("postgresql+psycopg://nobody@127.0.0.1:9/none")  # no connection made
+    poll_rows = PollRows(
+        codec,
+        Store(engine).datetime_to_db,
+        model="claude-sonnet-4-5",
+        max_tokens=1024,
+        received_at=datetime(2026, 3, 1, 23, 0, 0, 123456, tzinfo=UTC),
+        pg_copy=True,
+    )
+    compiled = poll_rows.compiled(messages)
+    copy_data = poll_rows.pg_copy()
+    assert compiled is not None and copy_data is not None and None not in compiled
+    return [row for row in compiled if row is not None], copy_data
+
+
+def _stored(store: Store) -> list[tuple[object, ...]]:
+    with store.engine.connect() as connection:
+        return [
+            tuple(row)
+            for row in connection.execute(
+                text(
+                    "SELECT status, attempts, invoice_id, content_hash, payload, request_bytes,"
+                    " received_at, event_time, source_topic, source_partition, source_offset,"
+                    " source_key, source_value, source_encoding FROM invoices ORDER BY id"
+                )
+            )
+        ]
+
+
+def test_postgresql_takes_the_compiled_paths_copy_data_as_the_rows(postgres_url: str) -> None:
+    """The COPY data the compiled path writes stores exactly what the rows store."""
+    engine = make_engine(postgres_url)
+    upgrade_schema(engine)
+    store = Store(engine)
+    rows, copy_data = _compiled_poll(300)
+    assert store.add_pending_rows(rows) == 300
+    by_rows = _stored(store)
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM invoices"))
+    assert store.add_pending_rows(rows, pg_copy=copy_data) == 300
+    assert _stored(store) == by_rows
+    assert by_rows[1][7] == datetime(2026, 3, 1, 12, 0, 0, 1000, tzinfo=UTC)  # its own
+    assert by_rows[5][7] == datetime.fromtimestamp(1_772_366_400.005, UTC)  # Kafka's
+    assert by_rows[0][7] is None  # neither
+    # Read again (a pair stored already): the COPY fails and the poll goes row by row.
+    assert store.add_pending_rows(rows, pg_copy=copy_data) == 0
+    # A pair repeated within the poll: the data is not used, the pair stored once.
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM invoices"))
+    assert store.add_pending_rows([*rows, rows[3]], pg_copy=copy_data) == 300
+    assert _stored(store) == by_rows
+    engine.dispose()

@@ -49,10 +49,10 @@ class FakeDeadLetters:
 class FailingStore(Store):
     fail = False
 
-    def add_pending_rows(self, rows: Sequence[PendingRow]) -> int:
+    def add_pending_rows(self, rows: Sequence[PendingRow], *, pg_copy: bytes | None = None) -> int:
         if self.fail:
             raise OperationalError("INSERT", {}, Exception("the store is down"))
-        return super().add_pending_rows(rows)
+        return super().add_pending_rows(rows, pg_copy=pg_copy)
 
 
 def _messages(start: int, count: int, partition: int = 0) -> list[Message]:
