@@ -49,6 +49,23 @@ def _avro(record: dict[str, object]) -> bytes:
     return buffer.getvalue()
 
 
+CLEAN: dict[str, object] = {
+    "invoice_id": "INV-3",
+    "supplier": "Dell",
+    "description": "Laptops",
+    "amount": "1200.00",
+    "currency": "USD",
+    "invoice_date": date(2026, 4, 1),
+    "raw_text": "Ten laptops",
+    "event_time": None,
+}
+
+
+def _event(**fields: object) -> bytes:
+    """A clean InvoiceEvent, with ``fields`` instead of its own."""
+    return _avro({**CLEAN, **fields})
+
+
 def _message(
     value: bytes | None, timestamp_ms: int = 1_764_284_400_123, offset: int = 7
 ) -> Message:
@@ -129,50 +146,32 @@ kafka_times = st.integers(min_value=-1, max_value=10**13)
 ids = texts | st.text(alphabet=st.sampled_from(["x", "é", " "]), min_size=127, max_size=130)
 
 
+# The odd values of each field: all at once, or put into an otherwise clean invoice
+# (most of what the compiled path must refuse shows only when everything else is clean).
+ODD_FIELDS = {
+    "invoice_id": ids,
+    "supplier": texts | long_texts,
+    "description": texts,
+    "amount": amounts,
+    "currency": currencies,
+    "invoice_date": dates,
+    "raw_text": st.none() | texts | long_texts,
+    "event_time": event_times,
+}
+odd_records = st.fixed_dictionaries(ODD_FIELDS)
+
+
 @settings(max_examples=400)
-@given(
-    invoice_id=ids,
-    supplier=texts,
-    description=texts,
-    amount=amounts,
-    currency=currencies,
-    invoice_date=dates,
-    raw_text=st.none() | texts | long_texts,
-    event_time=event_times,
-    kafka_ms=kafka_times,
-    store=st.sampled_from(sorted(STORES)),
-)
-@example("INV-1", "AWS", "", "10", "INR", None, None, None, 1, "sqlite")
-@example(" INV-1", "AWS", "", "10", "INR", None, None, None, 1, "sqlite")
-@example("INV-1", "AWS", "", "10", "inr", None, None, None, 1, "sqlite")
-@example("INV-1", "AWS", "", "010", "INR", None, None, None, 1, "sqlite")
-@example("INV-1", "", "", None, None, None, "", None, 1, "sqlite")
-@example("INV-1", "AWS\u3000", "", "10", "INR", None, None, None, 1, "postgresql")
+@given(record=odd_records, kafka_ms=kafka_times, store=st.sampled_from(sorted(STORES)))
+@example({**CLEAN, "invoice_id": " INV-1"}, 1, "sqlite")
+@example({**CLEAN, "currency": "usd"}, 1, "sqlite")
+@example({**CLEAN, "amount": "010"}, 1, "sqlite")
+@example({**CLEAN, "supplier": "", "description": "", "amount": None, "raw_text": ""}, 1, "sqlite")
+@example({**CLEAN, "supplier": "AWS\u3000"}, 1, "postgresql")
 def test_a_compiled_row_is_the_python_paths_row(
-    invoice_id: str,
-    supplier: str,
-    description: str,
-    amount: str | None,
-    currency: str | None,
-    invoice_date: date | None,
-    raw_text: str | None,
-    event_time: datetime | None,
-    kafka_ms: int,
-    store: str,
+    record: dict[str, object], kafka_ms: int, store: str
 ) -> None:
-    value = _avro(
-        {
-            "invoice_id": invoice_id,
-            "supplier": supplier,
-            "description": description,
-            "amount": amount,
-            "currency": currency,
-            "invoice_date": invoice_date,
-            "raw_text": raw_text,
-            "event_time": event_time,
-        }
-    )
-    _assert_same_rows(_message(value, kafka_ms), store)
+    _assert_same_rows(_message(_avro(record), kafka_ms), store)
 
 
 @given(value=st.binary(max_size=300))
@@ -181,18 +180,7 @@ def test_any_bytes_give_the_python_paths_row_or_none(value: bytes) -> None:
 
 
 def test_cut_short_or_with_bytes_over_it_goes_the_python_way() -> None:
-    clean = _avro(
-        {
-            "invoice_id": "INV-3",
-            "supplier": "Dell",
-            "description": "Laptops",
-            "amount": "1200.00",
-            "currency": "USD",
-            "invoice_date": date(2026, 4, 1),
-            "raw_text": "Ten laptops",
-            "event_time": None,
-        }
-    )
+    clean = _event()
     assert _assert_same_rows(_message(clean)) is not None
     for cut in range(len(clean)):
         assert _assert_same_rows(_message(clean[:cut])) is None
@@ -202,18 +190,7 @@ def test_cut_short_or_with_bytes_over_it_goes_the_python_way() -> None:
 def test_a_varint_longer_than_it_needs_goes_the_python_way() -> None:
     """Avro allows it and the general path reads it; only the Python path keeps the
     value as it came (rebuilding it would shorten the varint)."""
-    value = _avro(
-        {
-            "invoice_id": "INV-6",
-            "supplier": "Blue Dart",
-            "description": "",
-            "amount": "10",
-            "currency": "INR",
-            "invoice_date": date(2026, 1, 2),
-            "raw_text": None,
-            "event_time": None,
-        }
-    )
+    value = _event(invoice_id="INV-6")
     assert _assert_same_rows(_message(value)) is not None
     # "INV-6" is 5 bytes: its length 10 (0x0A) written in two bytes instead of one.
     padded = b"\x8a\x00" + value[1:]
@@ -242,49 +219,37 @@ kept_dates = st.none() | st.dates(min_value=date(1990, 1, 1), max_value=date(210
 kept_amounts = st.none() | st.decimals(min_value=0, max_value=10**12, places=2).map(str)
 
 
-@given(
-    invoice_id=kept_texts,
-    supplier=st.just("") | kept_texts,
-    description=st.just("") | kept_texts,
-    amount=kept_amounts,
-    currency=st.sampled_from(sorted(ISO_4217)),
-    invoice_date=kept_dates,
-    raw_text=st.none() | kept_texts | kept_long_texts,
-    event_time=event_times.filter(lambda at: at is None or 1 <= at.year <= 9998),
-    store=st.sampled_from(sorted(STORES)),
-)
-def test_every_clean_invoice_takes_the_compiled_path(
-    invoice_id: str,
-    supplier: str,
-    description: str,
-    amount: str | None,
-    currency: str,
-    invoice_date: date | None,
-    raw_text: str | None,
-    event_time: datetime | None,
-    store: str,
-) -> None:
-    invoice_id = invoice_id[:128].strip() or "INV"
-    if not (supplier or description or raw_text):
-        supplier = "Dell"
-    if amount is None and raw_text is None:
-        raw_text = "Total 10 USD"
-    value = _avro(
-        {
-            "invoice_id": invoice_id,
-            "supplier": supplier,
-            "description": description,
-            "amount": amount,
-            "currency": currency,
-            "invoice_date": invoice_date,
-            "raw_text": raw_text,
-            "event_time": event_time,
-        }
-    )
-    row = _assert_same_rows(_message(value), store)
+def _classifiable(record: dict[str, object]) -> dict[str, object]:
+    """``record`` with what makes it valid: an id, something to classify, an amount
+    or a text that may carry one."""
+    record["invoice_id"] = str(record["invoice_id"])[:128].strip() or "INV"
+    if not (record["supplier"] or record["description"] or record["raw_text"]):
+        record["supplier"] = "Dell"
+    if record["amount"] is None and record["raw_text"] is None:
+        record["raw_text"] = "Total 10 USD"
+    return record
+
+
+kept_records = st.fixed_dictionaries(
+    {
+        "invoice_id": kept_texts,
+        "supplier": st.just("") | kept_texts,
+        "description": st.just("") | kept_texts,
+        "amount": kept_amounts,
+        "currency": st.sampled_from(sorted(ISO_4217)),
+        "invoice_date": kept_dates,
+        "raw_text": st.none() | kept_texts | kept_long_texts,
+        "event_time": event_times.filter(lambda at: at is None or 1 <= at.year <= 9998),
+    }
+).map(_classifiable)
+
+
+@given(record=kept_records, store=st.sampled_from(sorted(STORES)))
+def test_every_clean_invoice_takes_the_compiled_path(record: dict[str, object], store: str) -> None:
+    row = _assert_same_rows(_message(_avro(record)), store)
     assert row is not None
     assert row[10] is None  # rebuilt from the payload, not stored twice
-    assert row[11] == ("avro-untimed" if event_time is None else "avro")
+    assert row[11] == ("avro-untimed" if record["event_time"] is None else "avro")
 
 
 def test_the_bench_and_demo_invoices_take_the_compiled_path() -> None:
@@ -301,18 +266,7 @@ def test_the_bench_and_demo_invoices_take_the_compiled_path() -> None:
 
 
 def test_text_over_the_cap_and_framed_values_go_the_python_way() -> None:
-    value = _avro(
-        {
-            "invoice_id": "INV-4",
-            "supplier": "Sodexo",
-            "description": "Cleaning",
-            "amount": "12.50",
-            "currency": "INR",
-            "invoice_date": None,
-            "raw_text": "x" * 50,
-            "event_time": None,
-        }
-    )
+    value = _event(raw_text="x" * 50)
     assert _assert_same_rows(_message(value), max_text_bytes=50) is not None
     assert _assert_same_rows(_message(value), max_text_bytes=49) is None
     assert _assert_same_rows(_message(b"\x00\x00\x00\x00\x01" + value)) is None
@@ -355,36 +309,13 @@ def test_event_times_are_converted_once_a_poll() -> None:
         max_tokens=1024,
         received_at=RECEIVED,
     )
-    value = _avro(
-        {
-            "invoice_id": "INV-5",
-            "supplier": "Dell",
-            "description": "",
-            "amount": "1.00",
-            "currency": "USD",
-            "invoice_date": None,
-            "raw_text": None,
-            "event_time": None,
-        }
-    )
+    value = _event(raw_text=None)
     calls.clear()
     compiled = poll_rows.compiled([_message(value, 1_000 + i // 10, offset=i) for i in range(50)])
     assert compiled is not None and None not in compiled
     assert len(calls) == 5
 
 
-# The odd values of each field, to put into an otherwise clean invoice: most of what
-# the compiled path must refuse shows only when everything else is clean.
-ODD_FIELDS = {
-    "invoice_id": ids,
-    "supplier": texts | long_texts,
-    "description": texts,
-    "amount": amounts,
-    "currency": currencies,
-    "invoice_date": dates,
-    "raw_text": st.none() | texts | long_texts,
-    "event_time": event_times,
-}
 clean_records = st.fixed_dictionaries(
     {
         "invoice_id": kept_texts.map(lambda text: text[:128].strip() or "INV"),
@@ -438,18 +369,7 @@ def test_bytes_that_are_not_clean_text_go_the_python_way(bad: bytes, where: str)
     its end."""
     for at in (16, 37):
         text = "a" * at + "_" * len(bad) + "b" * 20
-        value = _avro(
-            {
-                "invoice_id": "INV-9",
-                "supplier": text if where == "supplier" else "Dell",
-                "description": "",
-                "amount": "1.00",
-                "currency": "USD",
-                "invoice_date": None,
-                "raw_text": text if where == "raw_text" else None,
-                "event_time": None,
-            }
-        )
+        value = _event(**{where: text})
         assert _assert_same_rows(_message(value)) is not None
         spoilt = value.replace(b"_" * len(bad), bad)
         assert _assert_same_rows(_message(spoilt)) is None
@@ -480,16 +400,5 @@ def test_bytes_that_are_not_clean_text_go_the_python_way(bad: bytes, where: str)
 def test_only_amounts_written_as_decimal_writes_them_are_compiled(
     amount: str, compiled: bool
 ) -> None:
-    value = _avro(
-        {
-            "invoice_id": "INV-10",
-            "supplier": "Dell",
-            "description": "",
-            "amount": amount,
-            "currency": "USD",
-            "invoice_date": None,
-            "raw_text": "Laptops",
-            "event_time": None,
-        }
-    )
+    value = _event(amount=amount)
     assert (_assert_same_rows(_message(value)) is not None) == compiled
