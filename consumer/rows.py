@@ -44,8 +44,6 @@ except ImportError:  # built without a C compiler
 COMPILED = _CompiledRows is not None
 
 _TIME_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
@@ -60,7 +58,9 @@ def event_time_of(milliseconds: int) -> datetime:
 
 
 class PollRows:
-    """One poll's rows: ``compiled`` for the whole poll, ``python_row`` for a record."""
+    """A consumer's step 1: ``start`` at every poll, then ``compiled`` for the whole
+    poll and ``python_row`` for a record. One per consumer: the compiled path keeps
+    its buffers (a poll's COPY data is megabytes) from one poll to the next."""
 
     def __init__(
         self,
@@ -69,31 +69,36 @@ class PollRows:
         *,
         model: str,
         max_tokens: int,
-        received_at: datetime,
         pg_copy: bool = False,
     ) -> None:
         self.codec = codec
         self.to_db = to_db
         self.model = model
         self.max_tokens = max_tokens
-        self.received_at = to_db(received_at)
+        self.received_at: object = None
         # Records produced together share their millisecond timestamps: each distinct
         # one is converted once a poll (by each path, in its own form).
         self._times: dict[int, tuple[datetime, object]] = {}
+        self._pg_copy = pg_copy
         self._compiled = (
             _CompiledRows(
                 max_text_bytes=codec.max_text_bytes,
                 fixed_size=request_fixed_size(model, max_tokens),
-                received_at=self.received_at,
-                times={},
                 time_forms=self._time_forms,
                 currencies=ISO_4217,
                 sha256=hashlib.sha256,
-                pg_copy_received_at=_pg_micros(received_at) if pg_copy else None,
+                pg_copy=pg_copy,
             )
             if _CompiledRows is not None and codec.reads_raw_directly
             else None
         )
+
+    def start(self, received_at: datetime) -> None:
+        """Begin a poll whose rows are received at ``received_at``."""
+        self.received_at = self.to_db(received_at)
+        self._times.clear()
+        if self._compiled is not None:
+            self._compiled.start(self.received_at, _pg_micros(received_at) if self._pg_copy else 0)
 
     def _time_forms(self, milliseconds: int) -> tuple[str, object]:
         at = event_time_of(milliseconds)

@@ -174,6 +174,13 @@ class ConsumerService:
         self.metrics = metrics
         self.clock = clock
         self.codec = invoice_codec_for(settings)
+        self.poll_rows = PollRows(
+            self.codec,
+            store.datetime_to_db,
+            model=settings.claude_model,
+            max_tokens=settings.claude_max_tokens,
+            pg_copy=store.dialect == "postgresql",
+        )
         self.guard = InvalidRatioGuard(settings.invalid_window, settings.invalid_max_share)
         self.store_down = False
         self._failed = False
@@ -311,14 +318,8 @@ class ConsumerService:
 
         The compiled path takes the poll's clean records; the rest go the Python way
         (``consumer/rows.py``)."""
-        poll_rows = PollRows(
-            self.codec,
-            self.store.datetime_to_db,
-            model=self.settings.claude_model,
-            max_tokens=self.settings.claude_max_tokens,
-            received_at=self.clock(),
-            pg_copy=self.store.dialect == "postgresql",
-        )
+        poll_rows = self.poll_rows
+        poll_rows.start(self.clock())
         compiled = poll_rows.compiled(messages)
         guard = self.guard
         if compiled is not None and None not in compiled:

@@ -41,8 +41,8 @@ typedef struct {
     Py_ssize_t max_text_bytes;
     Py_ssize_t max_value_bytes;
     Py_ssize_t fixed_size;  /* request bytes besides the prompt's */
-    PyObject *received_at;  /* the poll's received_at, in the store's form */
-    PyObject *times;        /* dict: milliseconds -> (JSON isoformat, store form) */
+    PyObject *received_at;  /* the poll's received_at, in the store's form (start()) */
+    PyObject *times;        /* the poll's dict: milliseconds -> (JSON isoformat, store form) */
     PyObject *time_forms;   /* callable: milliseconds -> (JSON isoformat, store form) */
     PyObject *sha256;       /* hashlib.sha256 */
     PyObject *timed;        /* "avro" */
@@ -52,10 +52,10 @@ typedef struct {
     /* scratch: the escaped fields, then the canonical text */
     char *buffer;
     Py_ssize_t capacity;
-    /* PostgreSQL's binary COPY of the last rows() call's rows (pg_copy_received_at
-     * given): its length, or -1 when a record was left to the Python path. */
+    /* PostgreSQL's binary COPY of the last rows() call's rows (with pg_copy): its
+     * length, or -1 when a record was left to the Python path. */
     int pg_copy;
-    int64_t pg_received_at;  /* microseconds since 2000-01-01 UTC */
+    int64_t pg_received_at;  /* the poll's received_at, microseconds since 2000-01-01 UTC */
     char *copy;
     Py_ssize_t copy_len, copy_capacity;
 } Context;
@@ -98,28 +98,19 @@ Context_dealloc(Context *self)
 static int
 Context_init(Context *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"max_text_bytes", "fixed_size", "received_at", "times",
-                             "time_forms", "currencies", "sha256", "pg_copy_received_at", NULL};
+    static char *kwlist[] = {"max_text_bytes", "fixed_size", "time_forms", "currencies",
+                             "sha256", "pg_copy", NULL};
     Py_ssize_t max_text_bytes = -1, fixed_size = -1;
-    PyObject *received_at = NULL, *times = NULL, *time_forms = NULL, *currencies = NULL,
-             *sha256 = NULL, *pg_received_at = Py_None;
+    PyObject *time_forms = NULL, *currencies = NULL, *sha256 = NULL;
+    int pg_copy = 0;
     /* Keyword-only arguments are optional ones to this parser: absent ones are refused below. */
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$nnOO!OOOO", kwlist, &max_text_bytes,
-                                     &fixed_size, &received_at, &PyDict_Type, &times,
-                                     &time_forms, &currencies, &sha256, &pg_received_at))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$nnOOOp", kwlist, &max_text_bytes,
+                                     &fixed_size, &time_forms, &currencies, &sha256, &pg_copy))
         return -1;
-    if (received_at == NULL || times == NULL || time_forms == NULL || currencies == NULL ||
-        sha256 == NULL) {
-        PyErr_SetString(PyExc_TypeError, "Rows() takes every keyword argument but pg_copy_received_at");
+    if (time_forms == NULL || currencies == NULL || sha256 == NULL) {
+        PyErr_SetString(PyExc_TypeError, "Rows() takes every keyword argument but pg_copy");
         return -1;
     }
-    self->pg_copy = pg_received_at != Py_None;
-    if (self->pg_copy) {
-        self->pg_received_at = PyLong_AsLongLong(pg_received_at);
-        if (self->pg_received_at == -1 && PyErr_Occurred())
-            return -1;
-    }
-    self->copy_len = -1;
     if (max_text_bytes < 0 || fixed_size < 0) {
         PyErr_SetString(PyExc_ValueError, "max_text_bytes and fixed_size must be >= 0");
         return -1;
@@ -148,10 +139,12 @@ Context_init(Context *self, PyObject *args, PyObject *kwds)
     self->max_text_bytes = max_text_bytes;
     self->max_value_bytes = 4 * max_text_bytes + 4096;
     self->fixed_size = fixed_size;
-    Py_INCREF(received_at);
-    Py_XSETREF(self->received_at, received_at);
-    Py_INCREF(times);
-    Py_XSETREF(self->times, times);
+    self->pg_copy = pg_copy;
+    self->copy_len = -1;
+    Py_CLEAR(self->received_at); /* start() gives the first poll's */
+    Py_XSETREF(self->times, PyDict_New());
+    if (self->times == NULL)
+        return -1;
     Py_INCREF(time_forms);
     Py_XSETREF(self->time_forms, time_forms);
     Py_INCREF(sha256);
@@ -161,6 +154,31 @@ Context_init(Context *self, PyObject *args, PyObject *kwds)
     if (self->timed == NULL || self->untimed == NULL)
         return -1;
     return 0;
+}
+
+PyDoc_STRVAR(start_doc,
+"start(received_at, pg_copy_received_at=0)\n--\n\n"
+"Begin a poll: its received_at in the store's form (and, with pg_copy, in\n"
+"microseconds since 2000-01-01 UTC); the event-time cache is emptied.");
+
+static PyObject *
+Context_start(Context *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"received_at", "pg_copy_received_at", NULL};
+    PyObject *received_at;
+    long long pg_received_at = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|L", kwlist, &received_at, &pg_received_at))
+        return NULL;
+    if (self->times == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Rows was not initialised");
+        return NULL;
+    }
+    Py_INCREF(received_at);
+    Py_XSETREF(self->received_at, received_at);
+    self->pg_received_at = pg_received_at;
+    self->copy_len = -1;
+    PyDict_Clear(self->times);
+    Py_RETURN_NONE;
 }
 
 /* ---------------------------------------------------------------- reading */
@@ -929,8 +947,8 @@ PyDoc_STRVAR(rows_doc,
 static PyObject *
 Context_rows(Context *self, PyObject *messages)
 {
-    if (self->times == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "Rows was not initialised");
+    if (self->received_at == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "rows() before start()");
         return NULL;
     }
     PyObject *sequence = PySequence_Fast(messages, "messages must be a sequence");
@@ -988,7 +1006,7 @@ PyDoc_STRVAR(pg_copy_doc,
 "pg_copy()\n--\n\n"
 "The last rows() call's rows as PostgreSQL's binary COPY data (signature and trailer\n"
 "included), in the columns status, attempts and the row's; None when a record was\n"
-"left to the Python path, or without pg_copy_received_at.");
+"left to the Python path, or without pg_copy.");
 
 static PyObject *
 Context_pg_copy(Context *self, PyObject *Py_UNUSED(ignored))
@@ -999,20 +1017,19 @@ Context_pg_copy(Context *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyMethodDef Context_methods[] = {
+    {"start", (PyCFunction)(void (*)(void))Context_start, METH_VARARGS | METH_KEYWORDS, start_doc},
     {"rows", (PyCFunction)Context_rows, METH_O, rows_doc},
     {"pg_copy", (PyCFunction)Context_pg_copy, METH_NOARGS, pg_copy_doc},
     {NULL, NULL, 0, NULL},
 };
 
 PyDoc_STRVAR(Context_doc,
-"Rows(*, max_text_bytes, fixed_size, received_at, times, time_forms, currencies, sha256,\n"
-"     pg_copy_received_at=None)\n--\n\n"
-"One poll's settings for rows(): the text cap, the request bytes besides the prompt,\n"
-"the poll's received_at in the store's form, the poll's event-time cache (a dict of\n"
-"milliseconds to (JSON isoformat, store form)) and the function that fills it, the\n"
-"ISO 4217 codes, and hashlib.sha256. With pg_copy_received_at (received_at in\n"
-"microseconds since 2000-01-01 UTC), rows() also writes its rows as PostgreSQL's\n"
-"binary COPY data, for pg_copy().");
+"Rows(*, max_text_bytes, fixed_size, time_forms, currencies, sha256, pg_copy=False)\n--\n\n"
+"A consumer's settings for rows(): the text cap, the request bytes besides the\n"
+"prompt, the function that gives an event time's (JSON isoformat, store form) from\n"
+"its milliseconds, the ISO 4217 codes and hashlib.sha256. With pg_copy, rows() also\n"
+"writes its rows as PostgreSQL's binary COPY data, for pg_copy(). Call start() at\n"
+"every poll; the buffers are kept from one poll to the next.");
 
 static PyTypeObject ContextType = {
     PyVarObject_HEAD_INIT(NULL, 0)

@@ -11,12 +11,11 @@ class Rows:
         *,
         max_text_bytes: int,
         fixed_size: int,
-        received_at: object,
-        times: dict[int, tuple[str, object]],
         time_forms: Callable[[int], tuple[str, object]],
         currencies: Iterable[str],
         sha256: Callable[[bytes], Any],
-        pg_copy_received_at: int | None = None,
+        pg_copy: bool = False,
     ) -> None: ...
+    def start(self, received_at: object, pg_copy_received_at: int = 0) -> None: ...
     def rows(self, messages: Sequence[Message]) -> list[PendingRow | None]: ...
     def pg_copy(self) -> bytes | None: ...

@@ -306,9 +306,9 @@ def _compiled_poll(count: int) -> tuple[list[repository.PendingRow], bytes]:
         Store(engine).datetime_to_db,
         model="claude-sonnet-4-5",
         max_tokens=1024,
-        received_at=datetime(2026, 3, 1, 23, 0, 0, 123456, tzinfo=UTC),
         pg_copy=True,
     )
+    poll_rows.start(datetime(2026, 3, 1, 23, 0, 0, 123456, tzinfo=UTC))
     compiled = poll_rows.compiled(messages)
     copy_data = poll_rows.pg_copy()
     assert compiled is not None and copy_data is not None and None not in compiled

@@ -81,13 +81,15 @@ def _message(
 
 
 def _poll_rows(store: str = "sqlite", max_text_bytes: int = MAX_TEXT) -> PollRows:
-    return PollRows(
+    poll_rows = PollRows(
         InvoiceCodec("avro", max_text_bytes=max_text_bytes),
         STORES[store].datetime_to_db,
         model="claude-sonnet-4-5",
         max_tokens=1024,
-        received_at=RECEIVED,
+        pg_copy=store == "postgresql",
     )
+    poll_rows.start(RECEIVED)
+    return poll_rows
 
 
 def _python(poll_rows: PollRows, message: Message) -> PendingRow | InvalidMessage:
@@ -285,16 +287,13 @@ def test_without_the_extension_every_record_goes_the_python_way(
 def test_a_codec_it_cannot_read_gets_no_compiled_path() -> None:
     for codec in (InvoiceCodec("json", max_text_bytes=MAX_TEXT),):
         poll_rows = PollRows(
-            codec,
-            STORES["sqlite"].datetime_to_db,
-            model="claude-sonnet-4-5",
-            max_tokens=1024,
-            received_at=RECEIVED,
+            codec, STORES["sqlite"].datetime_to_db, model="claude-sonnet-4-5", max_tokens=1024
         )
+        poll_rows.start(RECEIVED)
         assert poll_rows.compiled([_message(b"{}")]) is None
 
 
-def test_event_times_are_converted_once_a_poll() -> None:
+def test_event_times_are_converted_once_a_poll_and_again_the_next() -> None:
     calls: list[object] = []
     to_db: Callable[[datetime | None], object] = STORES["sqlite"].datetime_to_db
 
@@ -307,13 +306,34 @@ def test_event_times_are_converted_once_a_poll() -> None:
         counting,
         model="claude-sonnet-4-5",
         max_tokens=1024,
-        received_at=RECEIVED,
     )
-    value = _event(raw_text=None)
-    calls.clear()
-    compiled = poll_rows.compiled([_message(value, 1_000 + i // 10, offset=i) for i in range(50)])
-    assert compiled is not None and None not in compiled
-    assert len(calls) == 5
+    messages = [_message(_event(raw_text=None), 1_000 + i // 10, offset=i) for i in range(50)]
+    for poll in range(2):
+        calls.clear()
+        poll_rows.start(RECEIVED)
+        compiled = poll_rows.compiled(messages)
+        assert compiled is not None and None not in compiled
+        assert len(calls) == 1 + 5, poll  # received_at, then each distinct millisecond
+
+
+def test_a_consumers_polls_share_buffers_not_rows() -> None:
+    """One PollRows serves every poll: each poll's rows and COPY data are its own."""
+    first = [_message(_event(invoice_id=f"A-{i}"), offset=i) for i in range(3)]
+    second = [_message(_event(invoice_id=f"B-{i}"), offset=10 + i) for i in range(2)]
+    second.append(_message(b"\x02x", offset=12))  # left to the Python path
+    shared = _poll_rows("postgresql")
+    assert shared.compiled(first) is not None and shared.pg_copy() is not None
+    later = datetime(2026, 11, 28, 23, 0, tzinfo=UTC)
+    shared.start(later)
+    rows = shared.compiled(second[:2])
+    fresh = _poll_rows("postgresql")
+    fresh.start(later)
+    assert rows == fresh.compiled(second[:2])
+    assert shared.pg_copy() == fresh.pg_copy() is not None
+    assert rows is not None and rows[0] is not None and rows[0][4] == later
+    shared.start(later)
+    assert shared.compiled(second)[2] is None  # type: ignore[index]
+    assert shared.pg_copy() is None
 
 
 clean_records = st.fixed_dictionaries(
