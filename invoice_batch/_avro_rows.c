@@ -2,9 +2,9 @@
  * Store rows straight from raw Avro InvoiceEvent values: step 1 of the consume
  * protocol in C for the values that need no judgement.
  *
- * rows(messages, ctx) returns a list as long as ``messages``: for each record either
- * the PendingRow the Python path (``AvroRows.python_row`` in
- * invoice_batch/avro_rows.py) makes of it, byte for byte, or None. None means
+ * Rows.rows(messages) returns a list as long as ``messages``: for each record either
+ * the PendingRow the Python path (``PollRows.python_row`` in consumer/rows.py) makes
+ * of it, byte for byte, or None. None means
  * "not certain": the caller takes that record the Python way, which gives its row
  * or its error. A record gets a row here only when it is a clean raw value whose
  * every field validation keeps as it came:
@@ -26,6 +26,9 @@
  * and the hashed canonical text are the JSON that json.dumps (ensure_ascii) writes,
  * and the size bound is batch_requests.request_size_bound's. Property tests hold
  * every row to the Python path's (tests/unit/test_avro_rows.py).
+ *
+ * With pg_copy, rows() also writes each row as a tuple of PostgreSQL's binary COPY;
+ * pg_copy() gives the poll's data when every record of it got a row here.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
