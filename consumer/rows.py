@@ -1,4 +1,4 @@
-"""Step 1 of the consume protocol for one poll: each record's store row, or its error.
+"""Step 1 of the consume protocol, a poll at a time: each record's store row, or its error.
 
 Two paths give the same rows. The Python one (``python_row``) takes every record:
 the codec decodes and validates it, and the invoice gives its stored forms and its
