@@ -26,7 +26,7 @@ from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING
 
 from confluent_kafka import Message
-from invoice_batch.schemas.codec import InvoiceCodec
+from invoice_batch.schemas.codec import InvoiceCodec, event_time_of
 
 from invoice_batch.batch_requests import request_fixed_size, request_size_bound
 from invoice_batch.invoices import ISO_4217
@@ -43,18 +43,12 @@ except ImportError:  # built without a C compiler
 
 COMPILED = _CompiledRows is not None
 
-_TIME_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def _pg_micros(at: datetime) -> int:
     """A timestamptz in binary COPY: microseconds since 2000-01-01 UTC."""
     return (at - _PG_EPOCH) // timedelta(microseconds=1)
-
-
-def event_time_of(milliseconds: int) -> datetime:
-    """A Kafka or Avro timestamp in milliseconds as an aware UTC datetime."""
-    return _TIME_EPOCH + timedelta(milliseconds=milliseconds)
 
 
 class PollRows:

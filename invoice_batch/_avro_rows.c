@@ -50,8 +50,8 @@ typedef struct {
     PyObject *sha256;       /* hashlib.sha256 */
     PyObject *timed;        /* "avro" */
     PyObject *untimed;      /* "avro-untimed" */
-    char currencies[512][3];
-    int n_currencies;
+    /* The ISO 4217 codes, one bit per three upper-case letters (26^3 bits). */
+    unsigned char currencies[26 * 26 * 26 / 8 + 1];
     /* scratch: the escaped fields, then the canonical text */
     char *buffer;
     Py_ssize_t capacity;
@@ -62,6 +62,19 @@ typedef struct {
     char *copy;
     Py_ssize_t copy_len, copy_capacity;
 } Context;
+
+/* Three upper-case ASCII letters as a number below 26^3; -1 for anything else. */
+static int
+currency_index(const unsigned char *code)
+{
+    int index = 0;
+    for (int k = 0; k < 3; k++) {
+        if (code[k] < 'A' || code[k] > 'Z')
+            return -1;
+        index = index * 26 + (code[k] - 'A');
+    }
+    return index;
+}
 
 static PyObject *str_value, *str_timestamp, *str_topic, *str_partition, *str_offset, *str_key,
     *str_hexdigest;
@@ -118,7 +131,7 @@ Context_init(Context *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "max_text_bytes and fixed_size must be >= 0");
         return -1;
     }
-    self->n_currencies = 0;
+    memset(self->currencies, 0, sizeof self->currencies);
     PyObject *iterator = PyObject_GetIter(currencies);
     if (iterator == NULL)
         return -1;
@@ -127,9 +140,9 @@ Context_init(Context *self, PyObject *args, PyObject *kwds)
         Py_ssize_t size;
         const char *code = PyUnicode_Check(item) ? PyUnicode_AsUTF8AndSize(item, &size) : NULL;
         /* Other codes are left to the Python path, which knows every one. */
-        if (code != NULL && size == 3 && self->n_currencies < 512) {
-            memcpy(self->currencies[self->n_currencies++], code, 3);
-        }
+        int index = code != NULL && size == 3 ? currency_index((const unsigned char *)code) : -1;
+        if (index >= 0)
+            self->currencies[index / 8] |= (unsigned char)(1 << (index % 8));
         Py_DECREF(item);
         if (code == NULL && PyErr_Occurred()) {
             Py_DECREF(iterator);
@@ -447,13 +460,8 @@ plain_amount(const Text *text)
 static int
 known_currency(const Context *ctx, const Text *text)
 {
-    if (text->n != 3)
-        return 0;
-    for (int k = 0; k < ctx->n_currencies; k++) {
-        if (memcmp(ctx->currencies[k], text->p, 3) == 0)
-            return 1;
-    }
-    return 0;
+    int index = text->n == 3 ? currency_index(text->p) : -1;
+    return index >= 0 && (ctx->currencies[index / 8] >> (index % 8)) & 1;
 }
 
 /* The proleptic Gregorian date ``days`` after 1970-01-01 (H. Hinnant's civil_from_days). */
@@ -596,18 +604,20 @@ utf8_of(PyObject *value, Py_ssize_t *n)
 }
 
 /* The row's tuple in binary COPY, in _COPY_POSTGRESQL's columns: status, attempts,
- * then the row's twelve. */
+ * then the row's twelve. The fields row_of has at hand come as they are; the others
+ * are read from the row. */
 static int
-copy_row(Context *ctx, PyObject *row, int64_t event_micros, int has_event_time,
-         const char *payload, Py_ssize_t payload_len)
+copy_row(Context *ctx, PyObject *row, const Text *id, const char *payload,
+         Py_ssize_t payload_len, Py_ssize_t request_bytes, int has_event_time,
+         int64_t event_micros, int timed)
 {
-    Py_ssize_t id_len, hash_len, topic_len, encoding_len, key_len = 0;
-    const char *id = utf8_of(PyTuple_GET_ITEM(row, 0), &id_len);
+    Py_ssize_t hash_len, topic_len, key_len = 0;
     const char *hash = utf8_of(PyTuple_GET_ITEM(row, 1), &hash_len);
     const char *topic = utf8_of(PyTuple_GET_ITEM(row, 6), &topic_len);
-    const char *encoding = utf8_of(PyTuple_GET_ITEM(row, 11), &encoding_len);
-    if (id_len < 0 || hash_len < 0 || topic_len < 0 || encoding_len < 0)
+    if (hash_len < 0 || topic_len < 0)
         return -1;
+    const char *encoding = timed ? "avro" : "avro-untimed";
+    Py_ssize_t encoding_len = (Py_ssize_t)strlen(encoding);
     PyObject *partition = PyTuple_GET_ITEM(row, 7), *offset = PyTuple_GET_ITEM(row, 8);
     PyObject *key = PyTuple_GET_ITEM(row, 9);
     if (!PyLong_Check(partition) || !PyLong_Check(offset)) {
@@ -616,7 +626,6 @@ copy_row(Context *ctx, PyObject *row, int64_t event_micros, int has_event_time,
     }
     long partition_value = PyLong_AsLong(partition);
     long long offset_value = PyLong_AsLongLong(offset);
-    long request_bytes = PyLong_AsLong(PyTuple_GET_ITEM(row, 3));
     if (PyErr_Occurred())
         return -1;
     if (key != Py_None) {
@@ -626,7 +635,7 @@ copy_row(Context *ctx, PyObject *row, int64_t event_micros, int has_event_time,
         }
         key_len = PyBytes_GET_SIZE(key);
     }
-    Py_ssize_t size = 2 + COPY_FIELDS * 4 + 7 /* pending */ + 4 + id_len + hash_len +
+    Py_ssize_t size = 2 + COPY_FIELDS * 4 + 7 /* pending */ + 4 + id->n + hash_len +
                       payload_len + 4 + 8 + 8 + topic_len + 4 + 8 + key_len + encoding_len;
     if (copy_reserve(ctx, size))
         return -1;
@@ -635,7 +644,7 @@ copy_row(Context *ctx, PyObject *row, int64_t event_micros, int has_event_time,
     *o++ = COPY_FIELDS;
     o = put_field(o, "pending", 7);
     o = put_be32(put_be32(o, 4), 0);  /* attempts */
-    o = put_field(o, id, id_len);
+    o = put_field(o, (const char *)id->p, id->n);
     o = put_field(o, hash, hash_len);
     o = put_field(o, payload, payload_len);
     o = put_be32(put_be32(o, 4), (uint32_t)request_bytes);
@@ -928,8 +937,8 @@ row_of(Context *ctx, PyObject *message)
         return NULL;
     }
     if (ctx->pg_copy && ctx->copy_len >= 0 &&
-        copy_row(ctx, row, event_millis * 1000 - PG_EPOCH_MICROS, forms != NULL,
-                 (const char *)PyUnicode_1BYTE_DATA(payload), payload_len)) {
+        copy_row(ctx, row, &id, (const char *)PyUnicode_1BYTE_DATA(payload), payload_len, bound,
+                 forms != NULL, event_millis * 1000 - PG_EPOCH_MICROS, has_time)) {
         Py_DECREF(row);
         return NULL;
     }

@@ -323,7 +323,7 @@ def request_size_bound(
     ``raw_text_json_len``, ``len(json.dumps(invoice.raw_text))`` when the caller has it
     (``Invoice.row_forms``), spares escaping the text again.
     """
-    fixed = _fixed_size(model, max_tokens)
+    fixed = request_fixed_size(model, max_tokens)
     if raw_text_json_len is None or not invoice.raw_text:
         return fixed + _json_len(invoice_prompt(invoice))
     # Escaping is per character: "\nText: " adds 8 to the head's escaped length, and
@@ -356,15 +356,11 @@ def _head_json_len(invoice: Invoice) -> int:
     return size
 
 
-def request_fixed_size(model: str, max_tokens: int) -> int:
-    """``request_size_bound`` less the prompt's escaped length (quotes included)."""
-    return _fixed_size(model, max_tokens)
-
-
 @cache
-def _fixed_size(model: str, max_tokens: int) -> int:
+def request_fixed_size(model: str, max_tokens: int) -> int:
     """A request's bytes besides its prompt's, with the longest custom_id and the
-    separator between requests."""
+    separator between requests: ``request_size_bound`` less the prompt's escaped
+    length (quotes included)."""
     head, middle, tail = _request_template(model, max_tokens)
     return len(head) + len(middle) + len(tail) + len(json.dumps(_CUSTOM_ID_MAX)) + 2
 

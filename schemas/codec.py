@@ -173,6 +173,11 @@ _DATE_EPOCH = date(1970, 1, 1).toordinal()
 _TIME_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+def event_time_of(milliseconds: int) -> datetime:
+    """A Kafka or Avro timestamp in milliseconds as an aware UTC datetime."""
+    return _TIME_EPOCH + timedelta(milliseconds=milliseconds)
+
+
 def _long(value: bytes, pos: int) -> tuple[int, int]:
     """The zig-zag varint at ``pos`` and the position after it; _NotClean when it has
     more bytes than it needs (valid Avro, but no writer makes it: read the general way)."""
@@ -272,7 +277,7 @@ def read_invoice_source(
         present, pos = _union(value, pos)
         if present:
             millis, pos = _long(value, pos)
-            own_time = _TIME_EPOCH + timedelta(milliseconds=millis)
+            own_time = event_time_of(millis)
         if pos != len(value):
             return None
         # The rules of validate_invoice, in its order, for values that pass them.

@@ -285,12 +285,12 @@ def test_without_the_extension_every_record_goes_the_python_way(
 
 
 def test_a_codec_it_cannot_read_gets_no_compiled_path() -> None:
-    for codec in (InvoiceCodec("json", max_text_bytes=MAX_TEXT),):
-        poll_rows = PollRows(
-            codec, STORES["sqlite"].datetime_to_db, model="claude-sonnet-4-5", max_tokens=1024
-        )
-        poll_rows.start(RECEIVED)
-        assert poll_rows.compiled([_message(b"{}")]) is None
+    codec = InvoiceCodec("json", max_text_bytes=MAX_TEXT)
+    poll_rows = PollRows(
+        codec, STORES["sqlite"].datetime_to_db, model="claude-sonnet-4-5", max_tokens=1024
+    )
+    poll_rows.start(RECEIVED)
+    assert poll_rows.compiled([_message(b"{}")]) is None
 
 
 def test_event_times_are_converted_once_a_poll_and_again_the_next() -> None:
