@@ -82,10 +82,15 @@ def _settings(params: dict[str, Any], **extra: str) -> Any:
 
 
 def ingest_baseline(params: dict[str, Any]) -> dict[str, Any]:
-    """A bare confluent-kafka consumer and a fastavro decode loop, nothing else."""
+    """A bare confluent-kafka consumer and a fastavro decode loop, nothing else.
+
+    It fetches as the service's consumer does (``CONSUMER_FETCH``), so the two differ
+    by what the service does with a record; ``librdkafka_defaults`` leaves that out."""
     import fastavro
     from confluent_kafka import Consumer
     from invoice_batch.schemas.codec import load_schema
+
+    from invoice_batch.kafka import CONSUMER_FETCH
 
     schema = load_schema("invoice_event")
     consumer = Consumer(
@@ -94,6 +99,7 @@ def ingest_baseline(params: dict[str, Any]) -> dict[str, Any]:
             "group.id": f"bench-bare-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
             "session.timeout.ms": 6000,
+            **({} if params.get("librdkafka_defaults") else CONSUMER_FETCH),
         }
     )
     consumer.subscribe([params["topic"]])

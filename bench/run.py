@@ -95,6 +95,10 @@ def _with_rates(side: dict[str, Any]) -> dict[str, Any]:
 
 
 STAGES = ("ingest", "flush", "collect", "e2e")
+# The bare consumer again, with librdkafka's fetch defaults instead of the service's
+# (invoice_batch.kafka.CONSUMER_FETCH): reported, not a target's baseline. It shows
+# what those defaults cost a consumer that reads faster than its queue refills.
+DEFAULTS_SIDE = "baseline, librdkafka fetch defaults"
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -120,12 +124,14 @@ def _ingest_runs(
     median of interleaved runs is not at the mercy of one slow or fast moment.
     """
     n = base["n"]
-    runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "sqlite": []}
+    runs: dict[str, list[dict[str, Any]]] = {"baseline": [], DEFAULTS_SIDE: [], "sqlite": []}
     store_file = workdir / f"ingest-{n}.db"
     for rep in range(repeats):
         for path in workdir.glob(f"ingest-{n}.db*"):
             path.unlink()  # the previous run's
         runs["baseline"].append(run_side("ingest_baseline", base))
+        defaults = {**base, "librdkafka_defaults": True}
+        runs[DEFAULTS_SIDE].append(run_side("ingest_baseline", defaults))
         sqlite_params = {
             **profile(f"ingest-sqlite-{rep}", n),
             "database_url": f"sqlite:///{store_file}",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import TARGETS
+from bench.run import DEFAULTS_SIDE, TARGETS
 from tests.conftest import POSTGRES_URL, unavailable
 
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
@@ -62,7 +62,7 @@ def test_quick_bench_measures_every_stage_and_side(tmp_path: Path) -> None:
     assert {"python", "anthropic", "confluent-kafka", "sqlite"} <= set(results["versions"])
     for n in results["sizes"]:
         ingest = results["ingest"][str(n)]
-        for side in ("baseline", "sqlite", "postgresql"):
+        for side in ("baseline", DEFAULTS_SIDE, "sqlite", "postgresql"):
             _sane(ingest[side], n)
             assert ingest[side]["cpu_seconds"] > 0, ingest[side]
             assert ingest[side]["machine_busy_seconds"] >= ingest[side]["cpu_seconds"] * 0.5

@@ -16,7 +16,12 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
 from invoice_batch.broker import free_port, wait_for_port
-from invoice_batch.kafka import consumer_config, ensure_service_topics, producer_config
+from invoice_batch.kafka import (
+    CONSUMER_FETCH,
+    consumer_config,
+    ensure_service_topics,
+    producer_config,
+)
 from invoice_batch.settings import load_settings, masked
 
 CLOUD_ENV = {
@@ -44,6 +49,19 @@ def test_every_kafka_variable_reaches_the_consumer_and_the_producer_config() -> 
     shown = masked(current)
     assert shown["KAFKA_SASL_PASSWORD"] == "**********"
     assert "s3cret-scram-password" not in repr(current) + str(shown)
+
+
+def test_consumers_fetch_with_a_short_queue_backoff_that_a_variable_overrides() -> None:
+    """librdkafka's 1 s fetch.queue.backoff.ms stalled a consumer that empties its
+    64 MB queue within the second (invoice_batch.kafka.CONSUMER_FETCH)."""
+    from confluent_kafka import Consumer
+
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"}
+    default = consumer_config(load_settings(env))
+    assert default["fetch.queue.backoff.ms"] == CONSUMER_FETCH["fetch.queue.backoff.ms"] == 20
+    Consumer(default).close()  # librdkafka knows the option and takes the value
+    chosen = load_settings({**env, "KAFKA_FETCH_QUEUE_BACKOFF_MS": "500"})
+    assert consumer_config(chosen)["fetch.queue.backoff.ms"] == "500"
 
 
 def test_librdkafka_accepts_the_passed_through_sasl_configuration() -> None:
