@@ -10,15 +10,15 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from invoice_batch.settings import Settings
 
-# How our consumers fetch, besides librdkafka's defaults. Once a partition's local queue
-# passes queued.max.messages.kbytes (64 MB: about 30,000 invoices of 2 KB), librdkafka
-# stops fetching it for fetch.queue.backoff.ms, 1 s by default. Reading a backlog, a
-# consumer empties that queue well within the second, then waits out the rest of it.
-# For 100,000 bench invoices that cost the consumer a tenth of its ingest rate (1.97-
-# 2.16 s against 1.76-1.83 on SQLite) and a bare consumer loop two fifths of its own
-# (1.50-1.62 s against 0.74-0.95). With 20 ms the queue stays fed and its bound still holds:
-# while it is full, librdkafka looks again every 20 ms instead of fetching.
-# KAFKA_FETCH_QUEUE_BACKOFF_MS overrides it.
+# How our consumers fetch, besides librdkafka's defaults. Once a partition's local
+# queue passes queued.max.messages.kbytes (64 MB: about 30,000 invoices of 2 KB),
+# librdkafka stops fetching it for fetch.queue.backoff.ms, 1 s by default. Reading a
+# backlog, a consumer empties that queue well within the second, then waits out the
+# rest of it. For 100,000 bench invoices that cost the consumer a tenth of its ingest
+# rate (1.97-2.16 s against 1.76-1.83 on SQLite) and a bare consumer loop two fifths
+# of its own (1.50-1.62 s against 0.74-0.95). With 20 ms the queue stays fed and its
+# bound still holds: while it is full, librdkafka looks again every 20 ms instead of
+# fetching. KAFKA_FETCH_QUEUE_BACKOFF_MS overrides it.
 CONSUMER_FETCH: dict[str, Any] = {"fetch.queue.backoff.ms": 20}
 
 
