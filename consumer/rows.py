@@ -73,7 +73,6 @@ class PollRows:
         # Records produced together share their millisecond timestamps: each distinct
         # one is converted once a poll (by each path, in its own form).
         self._times: dict[int, tuple[datetime, object]] = {}
-        self._pg_copy = pg_copy
         self._compiled = (
             _CompiledRows(
                 max_text_bytes=codec.max_text_bytes,
@@ -92,7 +91,7 @@ class PollRows:
         self.received_at = self.to_db(received_at)
         self._times.clear()
         if self._compiled is not None:
-            self._compiled.start(self.received_at, _pg_micros(received_at) if self._pg_copy else 0)
+            self._compiled.start(self.received_at, _pg_micros(received_at))
 
     def _time_forms(self, milliseconds: int) -> tuple[str, object]:
         at = event_time_of(milliseconds)

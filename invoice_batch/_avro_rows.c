@@ -76,6 +76,10 @@ currency_index(const unsigned char *code)
     return index;
 }
 
+/* The source_encoding of a row whose record this path rebuilds (SourceEncoding). */
+#define ENCODING_TIMED "avro"
+#define ENCODING_UNTIMED "avro-untimed"
+
 static PyObject *str_value, *str_timestamp, *str_topic, *str_partition, *str_offset, *str_key,
     *str_hexdigest;
 
@@ -165,8 +169,8 @@ Context_init(Context *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->time_forms, time_forms);
     Py_INCREF(sha256);
     Py_XSETREF(self->sha256, sha256);
-    Py_XSETREF(self->timed, PyUnicode_InternFromString("avro"));
-    Py_XSETREF(self->untimed, PyUnicode_InternFromString("avro-untimed"));
+    Py_XSETREF(self->timed, PyUnicode_InternFromString(ENCODING_TIMED));
+    Py_XSETREF(self->untimed, PyUnicode_InternFromString(ENCODING_UNTIMED));
     if (self->timed == NULL || self->untimed == NULL)
         return -1;
     return 0;
@@ -616,7 +620,7 @@ copy_row(Context *ctx, PyObject *row, const Text *id, const char *payload,
     const char *topic = utf8_of(PyTuple_GET_ITEM(row, 6), &topic_len);
     if (hash_len < 0 || topic_len < 0)
         return -1;
-    const char *encoding = timed ? "avro" : "avro-untimed";
+    const char *encoding = timed ? ENCODING_TIMED : ENCODING_UNTIMED;
     Py_ssize_t encoding_len = (Py_ssize_t)strlen(encoding);
     PyObject *partition = PyTuple_GET_ITEM(row, 7), *offset = PyTuple_GET_ITEM(row, 8);
     PyObject *key = PyTuple_GET_ITEM(row, 9);
