@@ -130,6 +130,7 @@ def ingest_service(params: dict[str, Any]) -> dict[str, Any]:
     from prometheus_client import CollectorRegistry
     from sqlalchemy import func, select
 
+    from invoice_batch import gc_policy
     from invoice_batch.bootstrap import anthropic_client, open_store
     from invoice_batch.kafka import DeadLetters, consumer_config, producer_config
     from invoice_batch.metrics import Metrics
@@ -150,6 +151,7 @@ def ingest_service(params: dict[str, Any]) -> dict[str, Any]:
         settings, store, consumer, DeadLetters(producer, settings.dlq_topic), flusher, metrics
     )
     consumer.subscribe([settings.input_topic])
+    gc_policy.settle()  # what run_service does before ConsumerService.run
     count, started = 0, None
     clock = CpuClock()
     n = params["n"]
@@ -235,6 +237,7 @@ def flush_service(params: dict[str, Any]) -> dict[str, Any]:
     from prometheus_client import CollectorRegistry
     from sqlalchemy import select
 
+    from invoice_batch import gc_policy
     from invoice_batch.bootstrap import anthropic_client, open_store
     from invoice_batch.metrics import Metrics
     from invoice_batch.store.models import BatchRow
@@ -242,6 +245,7 @@ def flush_service(params: dict[str, Any]) -> dict[str, Any]:
     settings = _settings(params, BATCH_MAX_REQUESTS=str(params["max_requests"]))
     store = open_store(settings)
     flusher = Flusher(store, anthropic_client(settings), settings, Metrics(CollectorRegistry()))
+    gc_policy.settle()  # the flusher runs in the consumer: what run_service does before its loop
     started = time.perf_counter()
     created = flusher.flush_all()
     seconds = time.perf_counter() - started
@@ -305,6 +309,7 @@ def collect_service(params: dict[str, Any]) -> dict[str, Any]:
     from prometheus_client import CollectorRegistry
     from sqlalchemy import func, select
 
+    from invoice_batch import gc_policy
     from invoice_batch.bootstrap import anthropic_client, open_store
     from invoice_batch.kafka import DeadLetters, producer_config
     from invoice_batch.metrics import Metrics
@@ -323,6 +328,7 @@ def collect_service(params: dict[str, Any]) -> dict[str, Any]:
         DeadLetters(producer, settings.dlq_topic),
         Metrics(CollectorRegistry()),
     )
+    gc_policy.settle()  # what run_service does before CollectorService.run
     started, cpu_started = time.perf_counter(), time.process_time()
     worked = collector.collect_once()
     seconds = time.perf_counter() - started

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from invoice_batch import gc_policy
 from invoice_batch.http_endpoints import EndpointServer
 from invoice_batch.kafka import (
     DeadLetters,
@@ -186,8 +187,12 @@ def run_service(settings: Settings, service: Literal["consumer", "collector"]) -
             ensure_service_topics(settings, [settings.input_topic, settings.dlq_topic])
             consumer = Consumer(consumer_config(settings))
             flusher = Flusher(store, client, settings, metrics)
+            consumer_service = ConsumerService(
+                settings, store, consumer, dead_letters, flusher, metrics
+            )
+            gc_policy.settle()
             try:
-                ConsumerService(settings, store, consumer, dead_letters, flusher, metrics).run(stop)
+                consumer_service.run(stop)
             except TooManyInvalid as exc:
                 log.error("consumer stopped", reason=str(exc))
                 return 1
@@ -203,9 +208,11 @@ def run_service(settings: Settings, service: Literal["consumer", "collector"]) -
 
             owner = default_owner()
             daily = DailyTasks(settings, OperationsStore(store.engine), owner)
-            CollectorService(
+            collector_service = CollectorService(
                 settings, store, client, producer, dead_letters, metrics, owner, daily_tasks=daily
-            ).run(stop)
+            )
+            gc_policy.settle()
+            collector_service.run(stop)
     finally:
         producer.flush(deadline.remaining(settings.shutdown_timeout_seconds))
         server.stop()
