@@ -187,11 +187,11 @@ def run_service(settings: Settings, service: Literal["consumer", "collector"]) -
             ensure_service_topics(settings, [settings.input_topic, settings.dlq_topic])
             consumer = Consumer(consumer_config(settings))
             flusher = Flusher(store, client, settings, metrics)
-            consumer_service = ConsumerService(
-                settings, store, consumer, dead_letters, flusher, metrics
-            )
-            gc_policy.settle()
             try:
+                consumer_service = ConsumerService(
+                    settings, store, consumer, dead_letters, flusher, metrics
+                )
+                gc_policy.settle()
                 consumer_service.run(stop)
             except TooManyInvalid as exc:
                 log.error("consumer stopped", reason=str(exc))
