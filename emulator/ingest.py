@@ -469,6 +469,10 @@ def _publish(
     created_at: float,
 ) -> BatchRow:
     batch_id = derived_id("msgbatch_", salt, seq)
+    # Whole microseconds, as the API writes its times: expires_at is then exactly a
+    # day after created_at on the wire too, not a microsecond short when the two
+    # round apart.
+    created_at = round(created_at, 6)
     day = DAY_SECONDS / config.time_scale
     stall = expire_done_fraction if roll(salt, seq, "expire") < expire_batch_rate else None
     duration = config.processing_seconds + config.per_request_seconds * count
