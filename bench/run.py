@@ -342,6 +342,11 @@ def table(results: dict[str, Any]) -> str:
                     note = "median of " + ", ".join(f"{t:.2f}" for t in r["runs_seconds"]) + " s"
                 if stage == "ingest":
                     note = "; ".join(filter(None, [note, _cpu_note(r, results["machine"])]))
+                if "gc_collections" in r:
+                    note = (
+                        f"GC {r['gc_collections']:,} collections "
+                        f"({r['gc_full_collections']} full), {r['gc_seconds']:.2f} s"
+                    )
                 if stage == "flush" and side == "baseline":
                     note = f"{note}; body {r['body_bytes'] / 1e6:.0f} MB"
                 lines.append(
