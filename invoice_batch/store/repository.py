@@ -38,6 +38,7 @@ from invoice_batch.crash_points import crash_point
 from invoice_batch.invoices import Invoice
 from invoice_batch.pricing import Usage
 from invoice_batch.schemas.codec import SourceEncoding, source_value_of
+from invoice_batch.store.checkpoints import BackgroundCheckpoints
 from invoice_batch.store.models import BatchRow, InvoiceRow
 
 # Rows per statement for IN lists and multi-row inserts: under SQLite's 32,766
@@ -122,6 +123,9 @@ def _insert_postgresql(
     waits for) makes the COPY fail on the unique index: its savepoint is rolled back
     and the poll goes through INSERT … ON CONFLICT DO NOTHING instead. Looking the
     pairs up before every COPY cost a sixth of the insert to spare that rare retry.
+    Two polls copied at once (the consumer's two writers) that share two pairs in
+    opposite orders each wait for the other: the server breaks that deadlock by
+    failing one COPY, which then takes the same way.
     """
     driver = connection.connection.driver_connection
     assert driver is not None
@@ -137,7 +141,7 @@ def _insert_postgresql(
                     write_row = copy.write_row
                     for row in batch:
                         write_row(("pending", 0, *row))
-        except psycopg.errors.UniqueViolation:
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
             columns = [list(column) for column in zip(*batch, strict=True)]
             cursor.execute(_INSERT_POSTGRESQL, columns)
             return int(cursor.rowcount)
@@ -269,6 +273,12 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._dialect = engine.dialect.name
+        database = engine.url.database
+        self._checkpoints = (
+            BackgroundCheckpoints(engine)
+            if self._dialect == "sqlite" and database not in (None, "", ":memory:")
+            else None
+        )
         # UTCDateTime's conversion for this backend, for statements sent to the driver
         # directly (SQLite: naive-UTC text in SQLAlchemy's format; PostgreSQL: aware).
         self._datetime_to_db = _bind_processor(InvoiceRow.__table__.c.received_at, engine)
@@ -367,6 +377,8 @@ class Store:
             # The statements above go to the driver directly: raise its errors as the
             # SQLAlchemy ones every caller handles (the consumer pauses and retries).
             raise DBAPIError.instance(None, None, exc, _driver_error_base(exc)) from exc
+        if self._checkpoints is not None:
+            self._checkpoints.committed(sum(len(row[2]) for row in batch))
         return accepted
 
     def datetime_to_db(self, value: datetime | None) -> object:

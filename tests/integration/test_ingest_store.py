@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -16,7 +20,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from invoice_batch.invoices import Invoice
-from invoice_batch.store import repository
+from invoice_batch.store import checkpoints, repository
 from invoice_batch.store.models import InvoiceRow
 from invoice_batch.store.repository import NewInvoice, Store
 from invoice_batch.store.schema import alembic_config, make_engine, upgrade_schema
@@ -351,4 +355,93 @@ def test_postgresql_takes_the_compiled_paths_copy_data_as_the_rows(postgres_url:
         connection.execute(text("DELETE FROM invoices"))
     assert store.add_pending_rows([*rows, rows[3]], pg_copy=copy_data) == 300
     assert _stored(store) == by_rows
+    engine.dispose()
+
+
+def test_postgresql_two_polls_sharing_pairs_in_opposite_orders_both_store(
+    postgres_url: str,
+) -> None:
+    """The consumer's two writers copy at once. Two polls sharing two pairs in opposite
+    orders each wait for the other on the unique index: the server fails one COPY as
+    a deadlock, and that poll goes through INSERT … ON CONFLICT, storing each pair once."""
+    engine = make_engine(postgres_url)
+    upgrade_schema(engine)
+    store, rival = Store(engine), Store(make_engine(postgres_url))
+    first, second, other = _new(1), _new(2), _new(3)
+    result: list[int] = []
+
+    def ours() -> None:  # our poll: the second pair, another row, then the first pair
+        result.append(store.add_pending_rows(store.pending_rows([second, other, first])))
+
+    def deadlocks() -> int:
+        with engine.connect() as connection:
+            return int(
+                connection.execute(
+                    text(
+                        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+                    )
+                ).scalar_one()
+            )
+
+    before = deadlocks()
+    with rival.engine.begin() as connection:
+        # The rival waits longer before looking for a deadlock: our COPY, which waits
+        # first, finds it and is the one failed.
+        connection.execute(text("SET LOCAL deadlock_timeout = '10s'"))
+        repository._insert_postgresql(connection, rival.pending_rows([first]))
+        worker = threading.Thread(target=ours)
+        worker.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with engine.connect() as probe:
+                if probe.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE wait_event_type = 'Lock' AND query LIKE 'COPY invoices%'"
+                    )
+                ).scalar_one():
+                    break
+            time.sleep(0.05)
+        else:
+            pytest.fail("our COPY never waited on the rival's row")
+        # Now the rival needs the pair our COPY holds: each waits for the other.
+        repository._insert_postgresql(connection, rival.pending_rows([second]))
+    worker.join(30)
+    assert result == [1]  # the other row; both pairs are the rival's
+    assert deadlocks() == before + 1
+    with engine.connect() as connection:
+        stored = connection.execute(select(InvoiceRow.invoice_id)).scalars().all()
+    assert sorted(stored) == ["INV-00001", "INV-00002", "INV-00003"]
+    rival.engine.dispose()
+    engine.dispose()
+
+
+def test_sqlite_wal_is_checkpointed_in_the_background_as_the_consumer_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits far below the WAL limit, at which a commit checkpoints by itself: the
+    rows reach the database file all the same, copied by the background checkpoint."""
+    monkeypatch.setattr(checkpoints, "BACKGROUND_CHECKPOINT_BYTES", 4_000)
+    path = tmp_path / "store.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade_schema(engine)
+    with engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    store = Store(engine)
+
+    def in_the_file() -> int:
+        """Rows in the database file alone, as a copy without its WAL reads them."""
+        copy = tmp_path / "copy.db"
+        shutil.copyfile(path, copy)
+        with contextlib.closing(sqlite3.connect(copy)) as connection:
+            return int(connection.execute("SELECT count(*) FROM invoices").fetchone()[0])
+
+    assert store.add_invoices([_new(i) for i in range(3)]) == (3, 0)  # ~850 bytes each
+    time.sleep(0.5)
+    assert in_the_file() == 0  # in the WAL only: under the threshold
+    assert store.add_invoices([_new(i) for i in range(3, 6)]) == (3, 0)  # over it
+    deadline = time.monotonic() + 10
+    while in_the_file() != 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert in_the_file() == 6
     engine.dispose()

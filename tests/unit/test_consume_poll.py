@@ -1,12 +1,14 @@
 """The consume protocol with a poll's store write overlapping the next poll's
-decoding: offsets only for committed polls, a failed write rewinds both polls."""
+decoding (two polls in the writers on PostgreSQL): offsets only for committed
+polls, in poll order; a failed write rewinds every poll not committed."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from confluent_kafka import Message, TopicPartition
 from invoice_batch.consumer.service import ConsumerService
 from invoice_batch.schemas.codec import InvoiceCodec
@@ -19,6 +21,7 @@ from invoice_batch.settings import load_settings
 from invoice_batch.store.models import InvoiceRow
 from invoice_batch.store.repository import PendingRow, Store
 from invoice_batch.store.schema import make_engine, upgrade_schema
+from tests.conftest import _postgres_database
 
 
 class FakeConsumer:
@@ -48,9 +51,11 @@ class FakeDeadLetters:
 
 class FailingStore(Store):
     fail = False
+    # Fail only the polls holding one of these offsets.
+    fail_offsets: frozenset[int] = frozenset()
 
     def add_pending_rows(self, rows: Sequence[PendingRow], *, pg_copy: bytes | None = None) -> int:
-        if self.fail:
+        if self.fail or any(row[8] in self.fail_offsets for row in rows):
             raise OperationalError("INSERT", {}, Exception("the store is down"))
         return super().add_pending_rows(rows, pg_copy=pg_copy)
 
@@ -78,8 +83,15 @@ def _messages(start: int, count: int, partition: int = 0) -> list[Message]:
     ]
 
 
-def _service(tmp_path: Path) -> tuple[ConsumerService, FakeConsumer, FailingStore]:
-    url = f"sqlite:///{tmp_path}/store.db"
+@pytest.fixture()
+def postgres_url() -> Iterator[str]:
+    yield from _postgres_database()
+
+
+def _service(
+    tmp_path: Path, url: str | None = None
+) -> tuple[ConsumerService, FakeConsumer, FailingStore]:
+    url = url or f"sqlite:///{tmp_path}/store.db"
     settings = load_settings(
         {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9", "DATABASE_URL": url, "ANTHROPIC_API_KEY": "k"}
     )
@@ -126,3 +138,64 @@ def test_a_failed_write_rewinds_both_polls_and_stores_no_offsets(tmp_path: Path)
     assert not [call for call in consumer.calls if call[0] in ("store", "commit")]
     assert service.store_down
     assert _stored(store) == 0
+
+
+def test_postgresql_keeps_two_polls_in_the_writers_and_completes_them_in_order(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    service, consumer, store = _service(tmp_path, postgres_url)
+    service.consume_poll(_messages(0, 30))
+    service.consume_poll(_messages(30, 20))
+    assert consumer.calls == []  # both in the writers
+    service.consume_poll(_messages(50, 10))  # the writers are full: the oldest completes
+    assert consumer.calls == [("store", [(0, 30)]), ("commit", True)]
+    service.finish_pending()
+    service.close()
+    assert consumer.calls[2:] == [
+        ("store", [(0, 50)]),
+        ("commit", True),
+        ("store", [(0, 60)]),
+        ("commit", True),
+    ]
+    assert _stored(store) == 60
+    store.engine.dispose()
+
+
+def test_postgresql_a_failed_write_rewinds_every_later_poll_even_one_stored(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The oldest poll fails while the next one, in the other writer, is stored: no
+    offsets at all, and all three polls are read again; the stored one's rows then
+    count as duplicates."""
+    service, consumer, store = _service(tmp_path, postgres_url)
+    store.fail_offsets = frozenset({0})
+    service.consume_poll(_messages(0, 30))
+    service.consume_poll(_messages(30, 20, partition=1))
+    service.consume_poll([*_messages(50, 10), *_messages(0, 5, partition=2)])
+    assert ("pause", 2) in consumer.calls
+    assert sorted(call[1] for call in consumer.calls if call[0] == "seek") == [
+        (0, 0),
+        (1, 30),
+        (2, 0),
+    ]
+    assert not [call for call in consumer.calls if call[0] in ("store", "commit")]
+    assert service.store_down
+    assert _stored(store) == 20  # the second poll's
+    # The store is back: the three polls again, as the rewound partitions give them.
+    store.fail_offsets = frozenset()
+    service.store_down = False
+    consumer.calls.clear()
+    service.consume_poll(_messages(0, 30))
+    service.consume_poll(_messages(30, 20, partition=1))
+    service.consume_poll([*_messages(50, 10), *_messages(0, 5, partition=2)])
+    service.finish_pending()
+    service.close()
+    assert [call for call in consumer.calls if call[0] == "store"] == [
+        ("store", [(0, 30)]),
+        ("store", [(1, 50)]),
+        ("store", [(0, 60), (2, 5)]),
+    ]
+    assert _stored(store) == 65
+    duplicates = service.metrics.events.labels("duplicate")._value.get()
+    assert duplicates == 20
+    store.engine.dispose()
