@@ -343,10 +343,11 @@ def table(results: dict[str, Any]) -> str:
                 if stage == "ingest":
                     note = "; ".join(filter(None, [note, _cpu_note(r, results["machine"])]))
                 if "gc_collections" in r:
-                    note = (
+                    gc_note = (
                         f"GC {r['gc_collections']:,} collections "
                         f"({r['gc_full_collections']} full), {r['gc_seconds']:.2f} s"
                     )
+                    note = "; ".join(filter(None, [note, gc_note]))
                 if stage == "flush" and side == "baseline":
                     note = f"{note}; body {r['body_bytes'] / 1e6:.0f} MB"
                 lines.append(

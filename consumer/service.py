@@ -205,10 +205,7 @@ class ConsumerService:
         # a time: a second would only wait for the first one's lock.
         self._depth = WRITERS_POSTGRESQL if store.dialect == "postgresql" else 1
         # A private in-memory SQLite database exists once per thread: write in this one.
-        url = store.engine.url
-        self._overlap = not (
-            url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
-        )
+        self._overlap = not store.in_memory
 
     # -- the group membership
 

@@ -273,10 +273,11 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._dialect = engine.dialect.name
-        database = engine.url.database
+        # A private in-memory SQLite database: one per connection, so one per thread.
+        self.in_memory = self._dialect == "sqlite" and engine.url.database in (None, "", ":memory:")
         self._checkpoints = (
             BackgroundCheckpoints(engine)
-            if self._dialect == "sqlite" and database not in (None, "", ":memory:")
+            if self._dialect == "sqlite" and not self.in_memory
             else None
         )
         # UTCDateTime's conversion for this backend, for statements sent to the driver
