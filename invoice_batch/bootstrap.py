@@ -51,7 +51,7 @@ def anthropic_client(settings: Settings) -> anthropic.Anthropic:
 
 
 def open_store(settings: Settings) -> Store:
-    engine = make_engine(settings.sqlalchemy_url())
+    engine = make_engine(settings.sqlalchemy_url(), sqlite_synchronous=settings.sqlite_synchronous)
     upgrade_schema(engine)
     return Store(engine)
 

@@ -94,6 +94,11 @@ class Settings(BaseSettings):
 
     # Store
     database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
+    # SQLite only. full: a commit is on disk (the WAL fsynced) before the consumer
+    # commits the poll's offsets, so even a power loss or an OS crash loses nothing.
+    # normal: the WAL is fsynced only at checkpoints; a process crash still loses
+    # nothing, but a host crash can roll back commits whose offsets were committed.
+    sqlite_synchronous: Literal["full", "normal"] = "full"
 
     # Claude
     anthropic_api_key: SecretStr | None = None

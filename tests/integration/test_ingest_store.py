@@ -449,3 +449,26 @@ def test_sqlite_wal_is_checkpointed_in_the_background_as_the_consumer_writes(
         time.sleep(0.05)
     assert in_the_file() == 6
     engine.dispose()
+
+
+@pytest.mark.parametrize(("setting", "expected"), [(None, 2), ("normal", 1)])
+def test_sqlite_commits_reach_the_disk_unless_told_otherwise(
+    tmp_path: Path, setting: str | None, expected: int
+) -> None:
+    """SQLITE_SYNCHRONOUS: full (2, the default) fsyncs the WAL at every commit, so a
+    poll whose offsets the consumer commits survives a host crash; normal (1) only at
+    checkpoints. Every connection of the store's pool gets it, the background
+    checkpoints' included."""
+    from invoice_batch.bootstrap import open_store
+    from invoice_batch.settings import load_settings
+
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}"}
+    if setting is not None:
+        env["SQLITE_SYNCHRONOUS"] = setting
+    store = open_store(load_settings(env))
+    with store.engine.connect() as first, store.engine.connect() as second:
+        for connection in (first, second):
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == expected
+    store.engine.dispose()
+    with pytest.raises(ValueError, match="sqlite_synchronous"):
+        make_engine(env["DATABASE_URL"], sqlite_synchronous="off")

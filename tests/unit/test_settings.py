@@ -27,6 +27,7 @@ def test_defaults_match_the_contract() -> None:
         ({"BATCH_TIMEZONE": "Mars/Olympus"}, "BATCH_TIMEZONE"),
         ({"APPROVAL_THRESHOLDS": "INR=lots"}, "APPROVAL_THRESHOLDS"),
         ({"INPUT_FORMAT": "xml"}, "INPUT_FORMAT"),
+        ({"SQLITE_SYNCHRONOUS": "off"}, "SQLITE_SYNCHRONOUS"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_it(env: dict[str, str], named: str) -> None:
