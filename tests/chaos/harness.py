@@ -109,6 +109,8 @@ class Plan:
     restart_postgres: bool
     seed: int
     poison_share: float = 0.02
+    # --keep: a PostgreSQL run's database is kept as well (its name in the notes).
+    keep_database: bool = False
     # Emulated seconds per real second: 24 h expiry after 86400/time_scale s, results
     # archived after 29 times that. The run must end before the archive (4320: 20 s and
     # 9.7 min; 600: 2.4 min and 70 min).
@@ -141,7 +143,7 @@ class Outcome:
 
 
 @contextlib.contextmanager
-def fresh_database(store: str, workdir: Path) -> Iterator[str]:
+def fresh_database(store: str, workdir: Path, keep: bool = False) -> Iterator[str]:
     if store == "sqlite":
         yield f"sqlite:///{workdir / 'store.db'}"
         return
@@ -154,7 +156,7 @@ def fresh_database(store: str, workdir: Path) -> Iterator[str]:
     try:
         yield f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
     finally:
-        for _ in range(30):
+        for _ in range(0 if keep else 30):
             try:
                 with admin.connect() as connection:
                     connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -162,6 +164,35 @@ def fresh_database(store: str, workdir: Path) -> Iterator[str]:
             except Exception:
                 time.sleep(1)
         admin.dispose()
+
+
+def where_in_the_store(database_url: str, keys: list[str]) -> list[str]:
+    """For each lost key, its rows in the store: none means the consumer let its
+    record go; a row shows where the flusher or the collector left it."""
+    if not keys:
+        return []
+    from sqlalchemy import bindparam, create_engine, text
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text(
+                    "SELECT invoice_id, id, status, attempts, batch_key, error_code "
+                    "FROM invoices WHERE invoice_id IN :keys ORDER BY id"
+                ).bindparams(bindparam("keys", expanding=True)),
+                {"keys": keys},
+            ).all()
+    except Exception as exc:  # a report of a failed run must not fail itself
+        return [f"lost keys {keys}: store not readable ({type(exc).__name__})"]
+    finally:
+        engine.dispose()
+    found: dict[str, list[str]] = {key: [] for key in keys}
+    for invoice_id, row_id, status, attempts, batch_key, error_code in rows:
+        found[invoice_id].append(
+            f"row {row_id} {status} attempts={attempts} batch={batch_key} error={error_code}"
+        )
+    return [f"lost key {key}: {'; '.join(found[key]) or 'no row in the store'}" for key in keys]
 
 
 class Services:
@@ -385,7 +416,9 @@ def run(plan: Plan, workdir: Path) -> Outcome:
         )
         stack.callback(stop_process, emulator)
         wait_for_port(emulator_port, 30, emulator)
-        database_url = stack.enter_context(fresh_database(plan.store, workdir))
+        database_url = stack.enter_context(
+            fresh_database(plan.store, workdir, keep=plan.keep_database)
+        )
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("INVOICE_BATCH_")},
             **topics,
@@ -440,6 +473,8 @@ def run(plan: Plan, workdir: Path) -> Outcome:
         feeder = threading.Thread(target=feed, daemon=True)
         feeder.start()
         notes: list[str] = []
+        if plan.keep_database and plan.store == "postgresql":
+            notes.append(f"database kept: {database_url.rsplit('/', 1)[1]}")
         actions = ["crash_point"] * 5 + ["random_kill"] * 3 + ["revoke", "storm"]
         broker_paused = postgres_restarted = False
         while services.kills < plan.kills:
@@ -535,7 +570,9 @@ def run(plan: Plan, workdir: Path) -> Outcome:
         dlq_records = read_all(bootstrap, "invoices.dlq")
         out_keys = Counter(r.key.decode() for r in out_records if r.key)
         dlq_keys = {r.key.decode() for r in dlq_records if r.key}
-        lost = len((valid | poison) - set(out_keys) - dlq_keys)
+        missing = sorted((valid | poison) - set(out_keys) - dlq_keys)
+        lost = len(missing)
+        notes.extend(where_in_the_store(database_url, missing[:20]))
         duplicates = sum(1 for count in out_keys.values() if count > 1)
         submits, offenders = double_submits(emulator_url)
         notes.extend(offenders[:5])
@@ -580,7 +617,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--invoices", type=int)
     parser.add_argument("--kills", type=int)
     parser.add_argument("--seed", type=int, default=int(os.environ.get("CHAOS_SEED", "7")))
-    parser.add_argument("--keep", type=Path, help="keep logs and state in this folder")
+    parser.add_argument(
+        "--keep", type=Path, help="keep logs and state in this folder (and PostgreSQL's database)"
+    )
     args = parser.parse_args(argv)
     stores = ["sqlite", "postgresql"] if args.store == "both" else [args.store]
     failed = False
@@ -593,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
             restart_postgres=args.full and store == "postgresql",
             seed=args.seed,
             time_scale=600 if args.full else 4320,
+            keep_database=args.keep is not None,
         )
         with contextlib.ExitStack() as stack:
             workdir = (
