@@ -195,7 +195,6 @@ class ConsumerService:
         )
         self.guard = InvalidRatioGuard(settings.invalid_window, settings.invalid_max_share)
         self.store_down = False
-        self._failed = False
         self._next_flush_check = 0.0
         self._next_lag_check = 0.0
         # The polls whose rows the writer threads are storing (steps 2–3), oldest first.
@@ -217,8 +216,7 @@ class ConsumerService:
         # Finish the poll in the writer while its partitions are still ours. Every
         # stored offset then belongs to a committed poll, so committing is safe.
         self.finish_pending()
-        if not self._failed:
-            self._commit(asynchronous=False)
+        self._commit(asynchronous=False)
         log.info("partitions revoked", partitions=[p.partition for p in partitions])
 
     def _commit(self, *, asynchronous: bool) -> None:
@@ -262,8 +260,7 @@ class ConsumerService:
                 self.finish_pending()
             finally:
                 self.close()
-                if not self._failed:
-                    self._commit(asynchronous=False)
+                self._commit(asynchronous=False)
 
     def close(self) -> None:
         """Stop the writer thread (after ``finish_pending``)."""
@@ -330,9 +327,14 @@ class ConsumerService:
         try:
             accepted = poll.write.result()
         except SQLAlchemyError as exc:
-            self._rewind_and_pause([*poll.messages, *self._drain_writers(), *also_rewind], exc)
+            self._rewind_from(poll, also_rewind, exc)
             return False
         return self._complete(poll, accepted, also_rewind)
+
+    def _rewind_from(self, poll: _Poll, also_rewind: Sequence[Message], exc: Exception) -> None:
+        """``poll`` failed: rewind to its records, those of every poll after it in the
+        writers (waited for first) and ``also_rewind``, and pause."""
+        self._rewind_and_pause([*poll.messages, *self._drain_writers(), *also_rewind], exc)
 
     def _drain_writers(self) -> list[Message]:
         """After a failure: wait for the polls still in the writers, whatever their
@@ -391,7 +393,7 @@ class ConsumerService:
         try:
             self.dead_letters.flush()  # 4
         except DeliveryFailed as exc:
-            self._rewind_and_pause([*poll.messages, *self._drain_writers(), *also_rewind], exc)
+            self._rewind_from(poll, also_rewind, exc)
             return False
         crash_point("consume.after_db_commit")
         self.consumer.store_offsets(offsets=_next_offsets(poll.messages))  # 5

@@ -30,6 +30,8 @@ API_MAX_BYTES = 256 * 1024 * 1024
 SECRET_KAFKA_KEYS = frozenset({"sasl.password", "ssl.key.password", "ssl.keystore.password"})
 
 DEFAULT_DATABASE_URL = "sqlite:///var/invoice-batch.db"
+# SQLITE_SYNCHRONOUS: how SQLite syncs its WAL (store/schema.py, make_engine).
+SqliteSynchronous = Literal["full", "normal"]
 
 
 class ConfigError(Exception):
@@ -98,7 +100,7 @@ class Settings(BaseSettings):
     # commits the poll's offsets, so even a power loss or an OS crash loses nothing.
     # normal: the WAL is fsynced only at checkpoints; a process crash still loses
     # nothing, but a host crash can roll back commits whose offsets were committed.
-    sqlite_synchronous: Literal["full", "normal"] = "full"
+    sqlite_synchronous: SqliteSynchronous = "full"
 
     # Claude
     anthropic_api_key: SecretStr | None = None

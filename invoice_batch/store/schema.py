@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any
+from typing import Any, get_args
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 
-from invoice_batch.settings import ensure_sqlite_dir
+from invoice_batch.settings import SqliteSynchronous, ensure_sqlite_dir
 
 # Bytes in SQLite's WAL before the committing connection copies them into the
 # database (the default is 1,000 pages: 4 MB with 4 KB pages). A consumer poll of
@@ -19,10 +19,9 @@ from invoice_batch.settings import ensure_sqlite_dir
 SQLITE_WAL_CHECKPOINT_BYTES = 64 * 1024 * 1024
 
 
-SQLITE_SYNCHRONOUS = ("full", "normal")
-
-
-def make_engine(url: str, *, sqlite_synchronous: str = "full", **kwargs: Any) -> Engine:
+def make_engine(
+    url: str, *, sqlite_synchronous: SqliteSynchronous = "full", **kwargs: Any
+) -> Engine:
     """An engine tuned for the services: WAL and a busy timeout on SQLite.
 
     ``sqlite_synchronous`` (``SQLITE_SYNCHRONOUS``): ``full`` fsyncs SQLite's WAL at
@@ -30,7 +29,7 @@ def make_engine(url: str, *, sqlite_synchronous: str = "full", **kwargs: Any) ->
     crash, as on PostgreSQL; ``normal`` fsyncs it only at checkpoints (faster, and a
     host crash can then roll back commits whose Kafka offsets were committed).
     """
-    if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
+    if sqlite_synchronous not in get_args(SqliteSynchronous):
         raise ValueError(f"sqlite_synchronous: {sqlite_synchronous!r} is not one of full, normal")
     ensure_sqlite_dir(url)
     if url.startswith("sqlite"):

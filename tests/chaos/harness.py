@@ -156,7 +156,7 @@ def fresh_database(store: str, workdir: Path, keep: bool = False) -> Iterator[st
     try:
         yield f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
     finally:
-        for _ in range(0 if keep else 30):
+        for _ in range(0 if keep else 30):  # kept: the notes name it
             try:
                 with admin.connect() as connection:
                     connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
