@@ -18,9 +18,10 @@ What a restart does after a crash at each step:
 - after 6: nothing is read again.
 
 A failure at 2–4 is never followed by an offset commit: the partitions are
-rewound to the first record of the poll and paused; polling goes on (with no
-records) so the group membership survives, and the store is probed until it
-answers, then consumption resumes where it stopped.
+rewound to the first record of the poll and paused; polling goes on so the group
+membership survives (a record it returns, from a partition assigned during the
+outage and so not paused, is put back and its partition paused), and the store is
+probed until it answers, then consumption resumes where it stopped.
 
 The loop (``run``) overlaps steps 2–3 of a poll, run by a writer thread, with the
 polling and step 1 of the next. On PostgreSQL two polls are in the writers at once,
@@ -326,7 +327,10 @@ class ConsumerService:
         assert poll.write is not None
         try:
             accepted = poll.write.result()
-        except SQLAlchemyError as exc:
+        except Exception as exc:
+            # Not only SQLAlchemyError: an error of any other kind escaping here would
+            # leave the later polls in the writers for run's finally to complete, and
+            # their offsets would cover this poll's records.
             self._rewind_from(poll, also_rewind, exc)
             return False
         return self._complete(poll, accepted, also_rewind)
@@ -344,7 +348,7 @@ class ConsumerService:
         while self._in_writer:
             poll = self._in_writer.popleft()
             if poll.write is not None:
-                with contextlib.suppress(SQLAlchemyError):
+                with contextlib.suppress(Exception):
                     poll.write.result()
             records.extend(poll.messages)
         return records
@@ -426,6 +430,15 @@ class ConsumerService:
         )
 
     def _rewind_and_pause(self, messages: Sequence[Message], exc: Exception) -> None:
+        self._pause_at(messages)
+        self.store_down = True
+        log.error(
+            "store or DLQ write failed; partitions paused until it is back",
+            error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+        )
+
+    def _pause_at(self, messages: Sequence[Message]) -> None:
+        """Pause every assigned partition, each of ``messages``' back at its first one."""
         first: dict[tuple[str, int], int] = {}
         for message in messages:
             topic, partition, offset = message.topic(), message.partition(), message.offset()
@@ -439,15 +452,18 @@ class ConsumerService:
                 self.consumer.seek(TopicPartition(topic, partition, offset))
             except KafkaException as seek_error:
                 log.warning("seek failed", partition=partition, error=str(seek_error.args[0]))
-        self.store_down = True
-        log.error(
-            "store or DLQ write failed; partitions paused until it is back",
-            error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-        )
 
     def _wait_for_store(self, stop: threading.Event) -> None:
-        # Poll (returns nothing while paused) to keep the group membership alive.
-        self.consumer.poll(0.2)
+        # Poll to keep the group membership alive. A paused partition returns nothing,
+        # but one assigned since the pause (a rebalance during the outage) is not
+        # paused: a record from it is put back, and that partition paused too. Dropped,
+        # it would be skipped for good once the next poll's offsets were committed.
+        message = self.consumer.poll(0.2)
+        if message is not None and self._is_record(message):
+            self._pause_at([message])
+            log.info(
+                "partition assigned during the store outage paused", partition=message.partition()
+            )
         if stop.wait(STORE_RETRY_SECONDS):
             return
         try:

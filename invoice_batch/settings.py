@@ -273,6 +273,15 @@ class Settings(BaseSettings):
         return 9101 if service == "consumer" else 9102
 
 
+# librdkafka options that "nothing lost" and "no duplicates" rest on: the service sets
+# them, and a KAFKA_* variable may not (it would silently override them).
+FIXED_KAFKA_OPTIONS = {
+    "enable.auto.commit": "the consumer commits offsets only for records already stored",
+    "enable.auto.offset.store": "the consumer stores offsets only for records already stored",
+    "enable.idempotence": "the producers must not write a record twice when they retry",
+    "acks": "the producers wait for every in-sync replica (acks=all)",
+}
+
 # Variables starting with KAFKA_ that are our own settings, not librdkafka options.
 _OWN_KAFKA_VARIABLES = frozenset({"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_SESSION_TIMEOUT_MS"})
 
@@ -354,7 +363,12 @@ def load_settings(
         raw = merged.get(name.upper())
         if raw is not None and raw != "":
             values[name] = raw
-    values["kafka_options"] = kafka_options_from(merged)
+    kafka_options = kafka_options_from(merged)
+    values["kafka_options"] = kafka_options
+    for option in kafka_options:
+        if option in FIXED_KAFKA_OPTIONS:
+            variable = "KAFKA_" + option.upper().replace(".", "_")
+            raise ConfigError(f"{variable} cannot be set: {FIXED_KAFKA_OPTIONS[option]}")
     values.update(overrides)
     try:
         return Settings(**values)  # type: ignore[arg-type]

@@ -4,10 +4,12 @@ polls, in poll order; a failed write rewinds every poll not committed."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import invoice_batch.consumer.service as service_module
 import pytest
 from confluent_kafka import Message, TopicPartition
 from invoice_batch.consumer.service import ConsumerService
@@ -199,3 +201,106 @@ def test_postgresql_a_failed_write_rewinds_every_later_poll_even_one_stored(
     duplicates = service.metrics.events.labels("duplicate")._value.get()
     assert duplicates == 20
     store.engine.dispose()
+
+
+class _RunningConsumer(FakeConsumer):
+    """What ``run`` needs of a consumer: scripted polls for ``consume``, then ``stop``;
+    scripted single records for ``poll`` (the store-outage loop)."""
+
+    def __init__(self, polls: list[list[Message]], singles: list[Message], stop: Any) -> None:
+        super().__init__()
+        self.polls, self.singles, self.stop = polls, singles, stop
+
+    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
+        pass
+
+    def consume(self, num_messages: int, timeout: float) -> list[Message]:
+        if not self.polls:
+            self.stop.set()
+            return []
+        return self.polls.pop(0)
+
+    def poll(self, timeout: float) -> Message | None:
+        return self.singles.pop(0) if self.singles else None
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.calls.append(("resume", len(partitions)))
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return []
+
+
+def _offsets_stored(calls: list[tuple[str, Any]]) -> dict[int, int]:
+    highest: dict[int, int] = {}
+    for kind, value in calls:
+        if kind == "store":
+            for partition, offset in value:
+                highest[partition] = max(highest.get(partition, 0), offset)
+    return highest
+
+
+def test_a_record_polled_while_the_store_is_down_is_put_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition assigned during an outage is not paused: the record its poll gives
+    is sought back to and its partition paused, never dropped."""
+    monkeypatch.setattr(service_module, "STORE_RETRY_SECONDS", 0.01)
+    service, _, store = _service(tmp_path)
+    stop = threading.Event()
+    polled = _messages(0, 1, partition=2)[0]
+    consumer = _RunningConsumer(
+        # The first poll fails (the second is rewound with it); after the outage,
+        # partition 0 is read again from 0, and partition 2 from the record put back.
+        [_messages(0, 10), _messages(10, 10), _messages(0, 20), _messages(0, 5, partition=2)],
+        [polled],
+        stop,
+    )
+    service.consumer = consumer  # type: ignore[assignment]
+    store.fail_offsets = frozenset({0})
+    original = store.add_pending_rows
+
+    def fails_once(rows: Sequence[PendingRow], *, pg_copy: bytes | None = None) -> int:
+        try:
+            return original(rows, pg_copy=pg_copy)
+        finally:
+            store.fail_offsets = frozenset()
+
+    store.add_pending_rows = fails_once  # type: ignore[method-assign]
+    service.run(stop)
+    assert [call for call in consumer.calls if call[0] in ("pause", "seek", "resume")] == [
+        ("pause", 2),
+        ("seek", (0, 0)),  # the failed poll
+        ("pause", 2),
+        ("seek", (2, 0)),  # the record polled in the outage
+        ("resume", 2),
+    ]
+    assert _offsets_stored(consumer.calls) == {0: 20, 2: 5}
+    assert _stored(store) == 25
+
+
+def test_a_writer_error_of_any_kind_stores_no_later_offsets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only SQLAlchemy's errors: whatever a writer raises, the polls after it are
+    rewound with it, and none of their offsets is stored."""
+    monkeypatch.setattr(service_module, "STORE_RETRY_SECONDS", 0.01)
+    service, _, store = _service(tmp_path)
+    service._depth = 2  # two polls in the writers, as on PostgreSQL
+    stop = threading.Event()
+    running = _RunningConsumer([_messages(0, 30), _messages(30, 20), _messages(50, 10)], [], stop)
+    service.consumer = running  # type: ignore[assignment]
+    original = store.add_pending_rows
+
+    def breaks_on_the_first(rows: Sequence[PendingRow], *, pg_copy: bytes | None = None) -> int:
+        if any(row[8] == 0 for row in rows):
+            raise RuntimeError("not a database error")
+        return original(rows, pg_copy=pg_copy)
+
+    store.add_pending_rows = breaks_on_the_first  # type: ignore[method-assign]
+    service.run(stop)
+    assert _offsets_stored(running.calls) == {}
+    assert [call for call in running.calls if call[0] in ("pause", "seek")] == [
+        ("pause", 2),
+        ("seek", (0, 0)),
+    ]
+    assert _stored(store) == 20  # the second poll's, read again as duplicates later

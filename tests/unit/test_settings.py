@@ -53,6 +53,22 @@ def test_kafka_variables_pass_through_to_librdkafka_and_secrets_are_masked() -> 
     assert shown["DATABASE_URL"] == "postgresql+psycopg://u:***@h/db"
 
 
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "KAFKA_ENABLE_AUTO_COMMIT",
+        "KAFKA_ENABLE_AUTO_OFFSET_STORE",
+        "KAFKA_ENABLE_IDEMPOTENCE",
+        "KAFKA_ACKS",
+    ],
+)
+def test_kafka_options_the_guarantees_rest_on_cannot_be_set(variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({variable: "1"})
+    assert str(caught.value).startswith(f"{variable} cannot be set: ")
+    assert "\n" not in str(caught.value)
+
+
 def test_config_file_sets_keys_and_the_environment_wins(tmp_path: Path) -> None:
     config = tmp_path / "invoice-batch.toml"
     config.write_text(
