@@ -4,7 +4,7 @@ The consume protocol (``process_messages``), one poll's records at a time:
 
 1. Decode and validate each record; invalid ones are handed to the DLQ producer.
 2. Insert the valid ones as pending rows (deduplicated by invoice id + content hash).
-3. Commit the store transaction.
+3. Commit the store transaction, and have it on the disk (SQLite's WAL fsynced).
 4. Wait until the broker acknowledged every DLQ record of this poll.
 5. Store offset + 1 of every record of the poll.
 6. Commit offsets (asynchronously; synchronously on revoke and on shutdown).
@@ -26,10 +26,12 @@ probed until it answers, then consumption resumes where it stopped.
 The loop (``run``) overlaps steps 2–3 of a poll, run by a writer thread, with the
 polling and step 1 of the next. On PostgreSQL two polls are in the writers at once,
 on two connections, so one poll's COPY keeps the server busy while the previous
-poll's commit waits for its WAL flush; SQLite, which has one writer at a time, has
-one. Once the writers are full, the oldest poll gets steps 4–6 after its commit,
-before the next poll's rows go to a writer. So offsets are still stored only for
-committed polls, in poll order, and a failure rewinds to the first record of the
+poll's commit waits for its WAL flush. SQLite has one writer at a time: it commits
+a poll without waiting for the disk and goes on to the next while a syncer thread
+fsyncs the WAL (``Store.sync``), so two polls are in flight there too. Once two are,
+the oldest poll gets steps 4–6 after its commit (and sync), before the next poll's
+rows go to a writer. So offsets are still stored only for committed polls that are
+on the disk, in poll order, and a failure rewinds to the first record of the
 failed poll and of every later one, whether a writer stored it or not (read again,
 its rows count as duplicates), and drops the next poll's decoded rows (read again
 too). A revoke or a stop first finishes the polls in the writers.
@@ -87,6 +89,9 @@ WRITER_SWITCH_INTERVAL = 0.0002
 # every commit's WAL flush (a fifth of the time): 100,000 records took 1.91-2.09 s
 # with one against 1.47-1.64 with two, and 1.49-1.52 with three.
 WRITERS_POSTGRESQL = 2
+# Polls in flight on a SQLite file: one being written, one whose commit is being
+# synced. With the fsync inside the commit, the writer stood still through it.
+SQLITE_POLLS_IN_FLIGHT = 2
 
 
 def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
@@ -123,6 +128,8 @@ class _Poll:
     # The rows as PostgreSQL's binary COPY data, when the compiled path wrote them.
     pg_copy: bytes | None = None
     write: Future[int] | None = field(default=None)
+    # SQLite: the WAL's fsync after the write's commit, run while the next poll is written.
+    synced: Future[None] | None = field(default=None)
 
 
 class TooManyInvalid(Exception):
@@ -201,9 +208,18 @@ class ConsumerService:
         # The polls whose rows the writer threads are storing (steps 2–3), oldest first.
         self._in_writer: deque[_Poll] = deque()
         self._writer: ThreadPoolExecutor | None = None
-        # Polls in the writers at once (WRITERS_POSTGRESQL). SQLite has one writer at
+        self._syncer: ThreadPoolExecutor | None = None
+        # Writer threads (WRITERS_POSTGRESQL on PostgreSQL). SQLite has one writer at
         # a time: a second would only wait for the first one's lock.
-        self._depth = WRITERS_POSTGRESQL if store.dialect == "postgresql" else 1
+        self._writers = WRITERS_POSTGRESQL if store.dialect == "postgresql" else 1
+        # Polls in the writers at once. On SQLite the second is written while the
+        # first one's commit is synced to the disk (SQLITE_POLLS_IN_FLIGHT).
+        self._depth = (
+            WRITERS_POSTGRESQL if store.dialect == "postgresql" else SQLITE_POLLS_IN_FLIGHT
+        )
+        # On a SQLite file the writer commits without the WAL's fsync, and a thread of
+        # its own syncs it before the poll's offsets are stored.
+        self._sync_apart = store.dialect == "sqlite" and not store.in_memory
         # A private in-memory SQLite database exists once per thread: write in this one.
         self._overlap = not store.in_memory
 
@@ -264,10 +280,13 @@ class ConsumerService:
                 self._commit(asynchronous=False)
 
     def close(self) -> None:
-        """Stop the writer thread (after ``finish_pending``)."""
+        """Stop the writer threads (after ``finish_pending``)."""
         if self._writer is not None:
             self._writer.shutdown(wait=True)
             self._writer = None
+        if self._syncer is not None:
+            self._syncer.shutdown(wait=True)
+            self._syncer = None
 
     def _is_record(self, message: Message) -> bool:
         error = message.error()
@@ -303,7 +322,7 @@ class ConsumerService:
             if not self._finish_oldest(also_rewind=poll.messages):
                 return  # it failed; this poll is read again after the rewind
         if self._writer is None:
-            self._writer = ThreadPoolExecutor(self._depth, thread_name_prefix="store-writer")
+            self._writer = ThreadPoolExecutor(self._writers, thread_name_prefix="store-writer")
             sys.setswitchinterval(min(sys.getswitchinterval(), WRITER_SWITCH_INTERVAL))
         poll.write = self._writer.submit(self._store_rows, poll)  # 2, 3
         self._in_writer.append(poll)
@@ -327,6 +346,8 @@ class ConsumerService:
         assert poll.write is not None
         try:
             accepted = poll.write.result()
+            if poll.synced is not None:
+                poll.synced.result()
         except Exception as exc:
             # Not only SQLAlchemyError: an error of any other kind escaping here would
             # leave the later polls in the writers for run's finally to complete, and
@@ -347,9 +368,10 @@ class ConsumerService:
         records: list[Message] = []
         while self._in_writer:
             poll = self._in_writer.popleft()
-            if poll.write is not None:
-                with contextlib.suppress(Exception):
-                    poll.write.result()
+            for pending in (poll.write, poll.synced):
+                if pending is not None:
+                    with contextlib.suppress(Exception):
+                        pending.result()
             records.extend(poll.messages)
         return records
 
@@ -389,8 +411,15 @@ class ConsumerService:
         return _Poll(messages, rows, invalid)
 
     def _store_rows(self, poll: _Poll) -> int:
-        """Steps 2–3 (in the writer thread when run overlaps polls)."""
-        return self.store.add_pending_rows(poll.rows, pg_copy=poll.pg_copy)
+        """Steps 2–3 (in the writer thread when run overlaps polls); on a SQLite file
+        the commit's fsync is handed to the syncer thread (``poll.synced``)."""
+        if not self._sync_apart:
+            return self.store.add_pending_rows(poll.rows, pg_copy=poll.pg_copy)
+        accepted = self.store.add_pending_rows(poll.rows, sync=False)
+        if self._syncer is None:
+            self._syncer = ThreadPoolExecutor(1, thread_name_prefix="store-syncer")
+        poll.synced = self._syncer.submit(self.store.sync)
+        return accepted
 
     def _complete(self, poll: _Poll, accepted: int, also_rewind: Sequence[Message] = ()) -> bool:
         """Steps 4–6 for a poll whose rows are committed."""

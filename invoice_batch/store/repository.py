@@ -8,7 +8,9 @@ changes nothing the second time.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -62,6 +64,9 @@ _NEW_COLUMNS = (
     "source_value",
     "source_encoding",
 )
+# PRAGMA synchronous: FULL, which fsyncs the WAL at every commit.
+_SQLITE_FULL = 2
+_fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has only fsync
 # One multi-row INSERT per chunk: sqlite3 runs a statement in one sqlite3_step with
 # the GIL released, where executemany takes it back after every row.
 _SQLITE_ROWS_PER_STATEMENT = 2_000  # x 12 values: under the 32,766-variable bound
@@ -275,11 +280,11 @@ class Store:
         self._dialect = engine.dialect.name
         # A private in-memory SQLite database: one per connection, so one per thread.
         self.in_memory = self._dialect == "sqlite" and engine.url.database in (None, "", ":memory:")
-        self._checkpoints = (
-            BackgroundCheckpoints(engine)
-            if self._dialect == "sqlite" and not self.in_memory
-            else None
-        )
+        on_file = self._dialect == "sqlite" and not self.in_memory
+        self._checkpoints = BackgroundCheckpoints(engine) if on_file else None
+        # SQLite's WAL, which sync() makes durable after commits that skipped it.
+        self._wal_path = os.path.abspath(str(engine.url.database)) + "-wal" if on_file else None
+        self._sync_owed = False
         # UTCDateTime's conversion for this backend, for statements sent to the driver
         # directly (SQLite: naive-UTC text in SQLAlchemy's format; PostgreSQL: aware).
         self._datetime_to_db = _bind_processor(InvoiceRow.__table__.c.received_at, engine)
@@ -340,7 +345,9 @@ class Store:
         """The database's SQLAlchemy dialect name: ``sqlite`` or ``postgresql``."""
         return self._dialect
 
-    def add_pending_rows(self, rows: Sequence[PendingRow], *, pg_copy: bytes | None = None) -> int:
+    def add_pending_rows(
+        self, rows: Sequence[PendingRow], *, pg_copy: bytes | None = None, sync: bool = True
+    ) -> int:
         """``add_invoices`` for rows already in the driver's form; returns the rows inserted.
 
         The insert goes to the driver without SQLAlchemy's per-row parameter
@@ -356,6 +363,11 @@ class Store:
         ``pg_copy``: the same rows as PostgreSQL's binary COPY data (columns status,
         attempts, then the row's), which PostgreSQL then gets as it is when no pair
         repeats within ``rows``; SQLite ignores it.
+
+        ``sync=False``: on a SQLite file, commit without waiting for the WAL's fsync;
+        the rows are durable only once ``sync`` returns. The consumer's writer goes on
+        to the next poll while another thread syncs, and stores this poll's offsets
+        only after that. PostgreSQL ignores it.
         """
         seen: set[tuple[str, str]] = set()
         batch: list[PendingRow] = []
@@ -367,13 +379,18 @@ class Store:
         if not batch:
             return 0
         try:
-            with self.engine.begin() as connection:
-                if self._dialect == "postgresql":
-                    copy = pg_copy if len(batch) == len(rows) else None
-                    accepted = _insert_postgresql(connection, batch, copy)
-                else:
-                    accepted = _insert_sqlite(connection, batch)
-                crash_point("consume.before_db_commit")
+            with self.engine.connect() as connection:
+                unsynced = not sync and self._wal_path is not None
+                with (
+                    self._unsynced_commit(connection) if unsynced else contextlib.nullcontext(),
+                    connection.begin(),
+                ):
+                    if self._dialect == "postgresql":
+                        copy = pg_copy if len(batch) == len(rows) else None
+                        accepted = _insert_postgresql(connection, batch, copy)
+                    else:
+                        accepted = _insert_sqlite(connection, batch)
+                    crash_point("consume.before_db_commit")
         except (psycopg.Error, sqlite3.Error) as exc:
             # The statements above go to the driver directly: raise its errors as the
             # SQLAlchemy ones every caller handles (the consumer pauses and retries).
@@ -381,6 +398,48 @@ class Store:
         if self._checkpoints is not None:
             self._checkpoints.committed(sum(len(row[2]) for row in batch))
         return accepted
+
+    @contextlib.contextmanager
+    def _unsynced_commit(self, connection: Connection) -> Iterator[None]:
+        """SQLite: the transaction inside commits without its WAL fsync, which
+        ``sync`` then owes (when the store's own setting is to fsync at commit)."""
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        (level,) = driver.execute("PRAGMA synchronous").fetchone()
+        if int(level) < _SQLITE_FULL:  # SQLITE_SYNCHRONOUS=normal: no fsync at commit anyway
+            yield
+            return
+        self._sync_owed = True
+        driver.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            try:
+                driver.execute(f"PRAGMA synchronous={int(level)}")
+            except sqlite3.Error:
+                # Never hand a connection that skips its fsyncs back to the pool.
+                connection.invalidate()
+                raise
+
+    def sync(self) -> None:
+        """Make every commit so far durable, as a commit with its own fsync would be:
+        what ``add_pending_rows(sync=False)`` left to do. Raises OSError if it cannot.
+
+        SQLite keeps committed pages in its WAL: one fdatasync of that file makes them
+        all durable. Had a checkpoint copied them into the database file and the WAL
+        started again (or been removed), the checkpoint synced the database first.
+        PostgreSQL's commits are durable when they return: nothing to do.
+        """
+        if self._wal_path is None or not self._sync_owed:
+            return
+        try:
+            descriptor = os.open(self._wal_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # removed after a full checkpoint, which synced the database file
+        try:
+            _fdatasync(descriptor)
+        finally:
+            os.close(descriptor)
 
     def datetime_to_db(self, value: datetime | None) -> object:
         """An aware datetime as ``add_pending_rows`` sends it to this store's driver."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sqlite3
 import threading
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -472,3 +474,44 @@ def test_sqlite_commits_reach_the_disk_unless_told_otherwise(
     store.engine.dispose()
     with pytest.raises(ValueError, match="sqlite_synchronous"):
         make_engine(env["DATABASE_URL"], sqlite_synchronous="off")
+
+
+@pytest.mark.parametrize(("setting", "synced"), [(None, True), ("normal", False)])
+def test_sqlite_commits_left_unsynced_are_synced_by_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str | None, synced: bool
+) -> None:
+    """add_pending_rows(sync=False) commits without the WAL's fsync and leaves the
+    connection as it found it (FULL for every later transaction); sync() then
+    fdatasyncs the WAL. With SQLITE_SYNCHRONOUS=normal nothing is owed."""
+    from invoice_batch.bootstrap import open_store
+    from invoice_batch.settings import load_settings
+
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}"}
+    if setting is not None:
+        env["SQLITE_SYNCHRONOUS"] = setting
+    store = open_store(load_settings(env))
+    synced_files: list[str] = []
+    monkeypatch.setattr(
+        repository,
+        "_fdatasync",
+        lambda descriptor: synced_files.append(os.readlink(f"/proc/self/fd/{descriptor}")),
+    )
+    seen: list[int] = []
+    insert = repository._insert_sqlite
+
+    def observed(connection: Any, batch: Any) -> int:
+        driver = connection.connection.driver_connection
+        seen.append(driver.execute("PRAGMA synchronous").fetchone()[0])
+        return insert(connection, batch)
+
+    monkeypatch.setattr(repository, "_insert_sqlite", observed)
+    rows = store.pending_rows([_new(i) for i in range(3)])
+    assert store.add_pending_rows(rows, sync=False) == 3
+    assert seen == [1]  # NORMAL inside: the commit does not wait for the disk
+    with store.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == (2 if synced else 1)
+    store.sync()
+    assert synced_files == ([str(tmp_path / "store.db-wal")] if synced else [])
+    assert store.add_pending_rows(store.pending_rows([_new(3)])) == 1  # sync=True: as it was
+    assert seen == [1, 2 if synced else 1]
+    store.engine.dispose()

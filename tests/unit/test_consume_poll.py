@@ -56,10 +56,12 @@ class FailingStore(Store):
     # Fail only the polls holding one of these offsets.
     fail_offsets: frozenset[int] = frozenset()
 
-    def add_pending_rows(self, rows: Sequence[PendingRow], *, pg_copy: bytes | None = None) -> int:
+    def add_pending_rows(
+        self, rows: Sequence[PendingRow], *, pg_copy: bytes | None = None, sync: bool = True
+    ) -> int:
         if self.fail or any(row[8] in self.fail_offsets for row in rows):
             raise OperationalError("INSERT", {}, Exception("the store is down"))
-        return super().add_pending_rows(rows, pg_copy=pg_copy)
+        return super().add_pending_rows(rows, pg_copy=pg_copy, sync=sync)
 
 
 def _messages(start: int, count: int, partition: int = 0) -> list[Message]:
@@ -117,16 +119,61 @@ def _stored(store: Store) -> int:
         return int(connection.execute(select(func.count(InvoiceRow.id))).scalar_one())
 
 
-def test_offsets_are_stored_after_the_poll_is_committed(tmp_path: Path) -> None:
+def test_offsets_are_stored_after_the_poll_is_committed_and_synced(tmp_path: Path) -> None:
+    """SQLite: two polls in flight (one written while the other's commit is synced);
+    a poll's offsets are stored only after its sync."""
     service, consumer, store = _service(tmp_path)
+    sync = store.sync
+
+    def recorded_sync() -> None:
+        sync()
+        consumer.calls.append(("sync", None))
+
+    store.sync = recorded_sync  # type: ignore[method-assign]
     service.consume_poll(_messages(0, 30))
-    assert consumer.calls == []  # in the writer: nothing stored yet
     service.consume_poll(_messages(30, 20))
-    assert consumer.calls == [("store", [(0, 30)]), ("commit", True)]
+    assert [call for call in consumer.calls if call[0] != "sync"] == []  # both in flight
+    service.consume_poll(_messages(50, 10))  # two in flight: the oldest completes
+    assert consumer.calls[-2:] == [("store", [(0, 30)]), ("commit", True)]
     service.finish_pending()
     service.close()
-    assert consumer.calls[2:] == [("store", [(0, 50)]), ("commit", True)]
-    assert _stored(store) == 50
+    assert [call for call in consumer.calls if call[0] != "sync"] == [
+        ("store", [(0, 30)]),
+        ("commit", True),
+        ("store", [(0, 50)]),
+        ("commit", True),
+        ("store", [(0, 60)]),
+        ("commit", True),
+    ]
+    stores = [index for index, call in enumerate(consumer.calls) if call[0] == "store"]
+    syncs = [index for index, call in enumerate(consumer.calls) if call[0] == "sync"]
+    assert len(syncs) == 3 and all(sync < store for sync, store in zip(syncs, stores, strict=True))
+    assert _stored(store) == 60
+
+
+def test_a_failed_sync_rewinds_its_poll_and_every_later_one(tmp_path: Path) -> None:
+    """The rows are committed but not known to be on the disk: no offsets, and the
+    polls are read again (their rows then count as duplicates)."""
+    service, consumer, store = _service(tmp_path)
+    failures = iter([OSError(5, "Input/output error")])
+
+    def failing_sync() -> None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+
+    store.sync = failing_sync  # type: ignore[method-assign]
+    service.consume_poll(_messages(0, 30))
+    service.consume_poll(_messages(30, 20))
+    service.consume_poll(_messages(50, 10))
+    assert [call for call in consumer.calls if call[0] in ("pause", "seek")] == [
+        ("pause", 2),
+        ("seek", (0, 0)),
+    ]
+    assert not [call for call in consumer.calls if call[0] in ("store", "commit")]
+    assert service.store_down
+    assert _stored(store) == 50  # committed, synced or not
+    service.close()
 
 
 def test_a_failed_write_rewinds_both_polls_and_stores_no_offsets(tmp_path: Path) -> None:
@@ -134,6 +181,7 @@ def test_a_failed_write_rewinds_both_polls_and_stores_no_offsets(tmp_path: Path)
     store.fail = True
     service.consume_poll(_messages(0, 30))
     service.consume_poll([*_messages(30, 5), *_messages(0, 7, partition=1)])
+    service.finish_pending()
     service.close()
     assert ("pause", 2) in consumer.calls
     assert sorted(call[1] for call in consumer.calls if call[0] == "seek") == [(0, 0), (1, 0)]
@@ -249,9 +297,16 @@ def test_a_record_polled_while_the_store_is_down_is_put_back(
     stop = threading.Event()
     polled = _messages(0, 1, partition=2)[0]
     consumer = _RunningConsumer(
-        # The first poll fails (the second is rewound with it); after the outage,
-        # partition 0 is read again from 0, and partition 2 from the record put back.
-        [_messages(0, 10), _messages(10, 10), _messages(0, 20), _messages(0, 5, partition=2)],
+        # The first poll fails (the two after it are rewound with it); after the
+        # outage, partition 0 is read again from 0, and partition 2 from the record
+        # put back.
+        [
+            _messages(0, 10),
+            _messages(10, 10),
+            _messages(20, 5),
+            _messages(0, 25),
+            _messages(0, 5, partition=2),
+        ],
         [polled],
         stop,
     )
@@ -259,9 +314,11 @@ def test_a_record_polled_while_the_store_is_down_is_put_back(
     store.fail_offsets = frozenset({0})
     original = store.add_pending_rows
 
-    def fails_once(rows: Sequence[PendingRow], *, pg_copy: bytes | None = None) -> int:
+    def fails_once(
+        rows: Sequence[PendingRow], *, pg_copy: bytes | None = None, sync: bool = True
+    ) -> int:
         try:
-            return original(rows, pg_copy=pg_copy)
+            return original(rows, pg_copy=pg_copy, sync=sync)
         finally:
             store.fail_offsets = frozenset()
 
@@ -274,8 +331,8 @@ def test_a_record_polled_while_the_store_is_down_is_put_back(
         ("seek", (2, 0)),  # the record polled in the outage
         ("resume", 2),
     ]
-    assert _offsets_stored(consumer.calls) == {0: 20, 2: 5}
-    assert _stored(store) == 25
+    assert _offsets_stored(consumer.calls) == {0: 25, 2: 5}
+    assert _stored(store) == 30
 
 
 def test_a_writer_error_of_any_kind_stores_no_later_offsets(
@@ -284,17 +341,18 @@ def test_a_writer_error_of_any_kind_stores_no_later_offsets(
     """Not only SQLAlchemy's errors: whatever a writer raises, the polls after it are
     rewound with it, and none of their offsets is stored."""
     monkeypatch.setattr(service_module, "STORE_RETRY_SECONDS", 0.01)
-    service, _, store = _service(tmp_path)
-    service._depth = 2  # two polls in the writers, as on PostgreSQL
+    service, _, store = _service(tmp_path)  # two polls in flight, as on PostgreSQL
     stop = threading.Event()
     running = _RunningConsumer([_messages(0, 30), _messages(30, 20), _messages(50, 10)], [], stop)
     service.consumer = running  # type: ignore[assignment]
     original = store.add_pending_rows
 
-    def breaks_on_the_first(rows: Sequence[PendingRow], *, pg_copy: bytes | None = None) -> int:
+    def breaks_on_the_first(
+        rows: Sequence[PendingRow], *, pg_copy: bytes | None = None, sync: bool = True
+    ) -> int:
         if any(row[8] == 0 for row in rows):
             raise RuntimeError("not a database error")
-        return original(rows, pg_copy=pg_copy)
+        return original(rows, pg_copy=pg_copy, sync=sync)
 
     store.add_pending_rows = breaks_on_the_first  # type: ignore[method-assign]
     service.run(stop)
