@@ -467,7 +467,8 @@ class ConsumerService:
         )
 
     def _pause_at(self, messages: Sequence[Message]) -> None:
-        """Pause every assigned partition, each of ``messages``' back at its first one."""
+        """Pause every assigned partition, and seek each partition of ``messages``
+        back to its first record there."""
         first: dict[tuple[str, int], int] = {}
         for message in messages:
             topic, partition, offset = message.topic(), message.partition(), message.offset()
