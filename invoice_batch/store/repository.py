@@ -95,6 +95,8 @@ _INSERT_POSTGRESQL = (
     f") WITH ORDINALITY AS incoming ({', '.join(_NEW_COLUMNS)}, ord) ORDER BY ord "
     "ON CONFLICT (invoice_id, content_hash) DO NOTHING"
 )
+# Tries of that INSERT when it deadlocks with another writer's (_insert_on_conflict).
+_ON_CONFLICT_ATTEMPTS = 3
 # The new rows of a poll, streamed in binary: rows in stream order, and none of the
 # array building and unnesting of a multi-row INSERT (half the server's time).
 _COPY_POSTGRESQL = (
@@ -148,9 +150,27 @@ def _insert_postgresql(
                         write_row(("pending", 0, *row))
         except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
             columns = [list(column) for column in zip(*batch, strict=True)]
-            cursor.execute(_INSERT_POSTGRESQL, columns)
-            return int(cursor.rowcount)
+            return _insert_on_conflict(connection, cursor, columns)
         return len(batch)
+
+
+def _insert_on_conflict(connection: Connection, cursor: Any, columns: list[list[Any]]) -> int:
+    """``_INSERT_POSTGRESQL`` for a poll whose COPY failed; returns the rows inserted.
+
+    The other transaction whose pairs failed the COPY may still be inserting the
+    pairs this poll holds too, and each can then wait for the other again: the server
+    fails one of them as a deadlock. Ours is rolled back to its savepoint and tried
+    again; the other has gone on meanwhile, so its pairs are then conflicts to skip.
+    """
+    for attempt in range(1, _ON_CONFLICT_ATTEMPTS + 1):
+        try:
+            with connection.begin_nested():
+                cursor.execute(_INSERT_POSTGRESQL, columns)
+                return int(cursor.rowcount)
+        except psycopg.errors.DeadlockDetected:
+            if attempt == _ON_CONFLICT_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _driver_error_base(exc: Exception) -> type[Exception]:

@@ -418,6 +418,68 @@ def test_postgresql_two_polls_sharing_pairs_in_opposite_orders_both_store(
     engine.dispose()
 
 
+def test_postgresql_an_insert_on_conflict_that_deadlocks_is_tried_again(
+    postgres_url: str,
+) -> None:
+    """The fallback after a failed COPY can meet the same rival again: its INSERT …
+    ON CONFLICT holds one pair and waits for the rival's other, while the rival
+    waits for the first. The server fails ours; rolled back to its savepoint, it is
+    tried again once the rival has gone on, and stores what is not the rival's."""
+    engine = make_engine(postgres_url)
+    upgrade_schema(engine)
+    store, rival = Store(engine), Store(make_engine(postgres_url))
+    first, second, other = _new(1), _new(2), _new(3)
+    result: list[int] = []
+
+    def ours() -> None:  # the fallback alone: the second pair, another row, the first
+        rows = store.pending_rows([second, other, first])
+        with engine.begin() as connection:
+            driver = connection.connection.driver_connection
+            assert driver is not None
+            with driver.cursor() as cursor:
+                columns = [list(column) for column in zip(*rows, strict=True)]
+                result.append(repository._insert_on_conflict(connection, cursor, columns))
+
+    def deadlocks() -> int:
+        with engine.connect() as connection:
+            return int(
+                connection.execute(
+                    text(
+                        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+                    )
+                ).scalar_one()
+            )
+
+    before = deadlocks()
+    with rival.engine.begin() as connection:
+        connection.execute(text("SET LOCAL deadlock_timeout = '10s'"))  # ours is failed
+        repository._insert_postgresql(connection, rival.pending_rows([first]))
+        worker = threading.Thread(target=ours)
+        worker.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with engine.connect() as probe:
+                if probe.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO invoices%'"
+                    )
+                ).scalar_one():
+                    break
+            time.sleep(0.05)
+        else:
+            pytest.fail("our INSERT never waited on the rival's row")
+        repository._insert_postgresql(connection, rival.pending_rows([second]))
+    worker.join(30)
+    assert result == [1]  # the other row; both pairs are the rival's
+    assert deadlocks() == before + 1
+    with engine.connect() as connection:
+        stored = connection.execute(select(InvoiceRow.invoice_id)).scalars().all()
+    assert sorted(stored) == ["INV-00001", "INV-00002", "INV-00003"]
+    rival.engine.dispose()
+    engine.dispose()
+
+
 def test_sqlite_wal_is_checkpointed_in_the_background_as_the_consumer_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
