@@ -9,7 +9,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -360,6 +360,70 @@ def test_postgresql_takes_the_compiled_paths_copy_data_as_the_rows(postgres_url:
     engine.dispose()
 
 
+def _deadlocks(engine: Any) -> int:
+    """Deadlocks the server has broken in this database so far."""
+    with engine.connect() as connection:
+        return int(
+            connection.execute(
+                text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+            ).scalar_one()
+        )
+
+
+def _wait_for_a_lock_wait(engine: Any, statement: str) -> None:
+    """Until a session running ``statement`` waits on a lock (at most 10 s)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with engine.connect() as probe:
+            if probe.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND query LIKE :statement"
+                ),
+                {"statement": statement + "%"},
+            ).scalar_one():
+                return
+        time.sleep(0.05)
+    pytest.fail(f"{statement} never waited on the rival's row")
+
+
+def _rival_against(
+    ours: Callable[[], None],
+    statement: str,
+    engine: Any,
+    rival: Store,
+    first: NewInvoice,
+    second: NewInvoice,
+    result: list[int],
+) -> None:
+    """The rival stores the first pair; ``ours`` runs in a thread until its
+    ``statement`` waits for that pair; then the rival needs the second pair, which
+    ours holds: each waits for the other. The rival waits longer before looking for
+    a deadlock, so ours finds it and is the one failed. Then checks the outcome."""
+    before = _deadlocks(engine)
+    with rival.engine.begin() as connection:
+        connection.execute(text("SET LOCAL deadlock_timeout = '10s'"))
+        repository._insert_postgresql(connection, rival.pending_rows([first]))
+        worker = threading.Thread(target=ours)
+        worker.start()
+        _wait_for_a_lock_wait(engine, statement)
+        repository._insert_postgresql(connection, rival.pending_rows([second]))
+    worker.join(30)
+    rival.engine.dispose()
+    _assert_one_deadlock_and_each_pair_once(engine, before, result)
+
+
+def _assert_one_deadlock_and_each_pair_once(engine: Any, before: int, result: list[int]) -> None:
+    """Ours stored only the other row (both pairs are the rival's), the server broke
+    one deadlock, and each of the three invoices is stored once. Disposes ``engine``."""
+    assert result == [1]
+    assert _deadlocks(engine) == before + 1
+    with engine.connect() as connection:
+        stored = connection.execute(select(InvoiceRow.invoice_id)).scalars().all()
+    assert sorted(stored) == ["INV-00001", "INV-00002", "INV-00003"]
+    engine.dispose()
+
+
 def test_postgresql_two_polls_sharing_pairs_in_opposite_orders_both_store(
     postgres_url: str,
 ) -> None:
@@ -375,47 +439,7 @@ def test_postgresql_two_polls_sharing_pairs_in_opposite_orders_both_store(
     def ours() -> None:  # our poll: the second pair, another row, then the first pair
         result.append(store.add_pending_rows(store.pending_rows([second, other, first])))
 
-    def deadlocks() -> int:
-        with engine.connect() as connection:
-            return int(
-                connection.execute(
-                    text(
-                        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
-                    )
-                ).scalar_one()
-            )
-
-    before = deadlocks()
-    with rival.engine.begin() as connection:
-        # The rival waits longer before looking for a deadlock: our COPY, which waits
-        # first, finds it and is the one failed.
-        connection.execute(text("SET LOCAL deadlock_timeout = '10s'"))
-        repository._insert_postgresql(connection, rival.pending_rows([first]))
-        worker = threading.Thread(target=ours)
-        worker.start()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with engine.connect() as probe:
-                if probe.execute(
-                    text(
-                        "SELECT count(*) FROM pg_stat_activity "
-                        "WHERE wait_event_type = 'Lock' AND query LIKE 'COPY invoices%'"
-                    )
-                ).scalar_one():
-                    break
-            time.sleep(0.05)
-        else:
-            pytest.fail("our COPY never waited on the rival's row")
-        # Now the rival needs the pair our COPY holds: each waits for the other.
-        repository._insert_postgresql(connection, rival.pending_rows([second]))
-    worker.join(30)
-    assert result == [1]  # the other row; both pairs are the rival's
-    assert deadlocks() == before + 1
-    with engine.connect() as connection:
-        stored = connection.execute(select(InvoiceRow.invoice_id)).scalars().all()
-    assert sorted(stored) == ["INV-00001", "INV-00002", "INV-00003"]
-    rival.engine.dispose()
-    engine.dispose()
+    _rival_against(ours, "COPY invoices", engine, rival, first, second, result)
 
 
 def test_postgresql_an_insert_on_conflict_that_deadlocks_is_tried_again(
@@ -440,44 +464,7 @@ def test_postgresql_an_insert_on_conflict_that_deadlocks_is_tried_again(
                 columns = [list(column) for column in zip(*rows, strict=True)]
                 result.append(repository._insert_on_conflict(connection, cursor, columns))
 
-    def deadlocks() -> int:
-        with engine.connect() as connection:
-            return int(
-                connection.execute(
-                    text(
-                        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
-                    )
-                ).scalar_one()
-            )
-
-    before = deadlocks()
-    with rival.engine.begin() as connection:
-        connection.execute(text("SET LOCAL deadlock_timeout = '10s'"))  # ours is failed
-        repository._insert_postgresql(connection, rival.pending_rows([first]))
-        worker = threading.Thread(target=ours)
-        worker.start()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with engine.connect() as probe:
-                if probe.execute(
-                    text(
-                        "SELECT count(*) FROM pg_stat_activity "
-                        "WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO invoices%'"
-                    )
-                ).scalar_one():
-                    break
-            time.sleep(0.05)
-        else:
-            pytest.fail("our INSERT never waited on the rival's row")
-        repository._insert_postgresql(connection, rival.pending_rows([second]))
-    worker.join(30)
-    assert result == [1]  # the other row; both pairs are the rival's
-    assert deadlocks() == before + 1
-    with engine.connect() as connection:
-        stored = connection.execute(select(InvoiceRow.invoice_id)).scalars().all()
-    assert sorted(stored) == ["INV-00001", "INV-00002", "INV-00003"]
-    rival.engine.dispose()
-    engine.dispose()
+    _rival_against(ours, "INSERT INTO invoices", engine, rival, first, second, result)
 
 
 def test_sqlite_wal_is_checkpointed_in_the_background_as_the_consumer_writes(
