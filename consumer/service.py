@@ -217,9 +217,6 @@ class ConsumerService:
         self._depth = (
             WRITERS_POSTGRESQL if store.dialect == "postgresql" else SQLITE_POLLS_IN_FLIGHT
         )
-        # On a SQLite file the writer commits without the WAL's fsync, and a thread of
-        # its own syncs it before the poll's offsets are stored.
-        self._sync_apart = store.dialect == "sqlite" and not store.in_memory
         # A private in-memory SQLite database exists once per thread: write in this one.
         self._overlap = not store.in_memory
 
@@ -413,7 +410,7 @@ class ConsumerService:
     def _store_rows(self, poll: _Poll) -> int:
         """Steps 2–3 (in the writer thread when run overlaps polls); on a SQLite file
         the commit's fsync is handed to the syncer thread (``poll.synced``)."""
-        if not self._sync_apart:
+        if not self.store.syncs_apart:
             return self.store.add_pending_rows(poll.rows, pg_copy=poll.pg_copy)
         accepted = self.store.add_pending_rows(poll.rows, sync=False)
         if self._syncer is None:

@@ -400,7 +400,7 @@ class Store:
             return 0
         try:
             with self.engine.connect() as connection:
-                unsynced = not sync and self._wal_path is not None
+                unsynced = not sync and self.syncs_apart
                 with (
                     self._unsynced_commit(connection) if unsynced else contextlib.nullcontext(),
                     connection.begin(),
@@ -460,6 +460,12 @@ class Store:
             _fdatasync(descriptor)
         finally:
             os.close(descriptor)
+
+    @property
+    def syncs_apart(self) -> bool:
+        """Whether ``add_pending_rows(sync=False)`` leaves an fsync to ``sync`` (a
+        SQLite file); elsewhere both are the plain commit and a no-op."""
+        return self._wal_path is not None
 
     def datetime_to_db(self, value: datetime | None) -> object:
         """An aware datetime as ``add_pending_rows`` sends it to this store's driver."""

@@ -147,7 +147,7 @@ def test_offsets_are_stored_after_the_poll_is_committed_and_synced(tmp_path: Pat
     ]
     stores = [index for index, call in enumerate(consumer.calls) if call[0] == "store"]
     syncs = [index for index, call in enumerate(consumer.calls) if call[0] == "sync"]
-    assert len(syncs) == 3 and all(sync < store for sync, store in zip(syncs, stores, strict=True))
+    assert len(syncs) == 3 and all(s < o for s, o in zip(syncs, stores, strict=True))
     assert _stored(store) == 60
 
 
