@@ -9,9 +9,10 @@ it leaves every other record (None) to the Python path, which gives its row or i
 error, so every error still comes from one place. Property tests hold the compiled
 rows to the Python ones byte for byte (tests/unit/test_avro_rows.py).
 
-For PostgreSQL the compiled path also writes the poll's rows as binary COPY data,
-which the store's writer thread sends as it is (``pg_copy``) instead of formatting
-each row again while holding the interpreter lock.
+For PostgreSQL the compiled path writes a poll as binary COPY data instead
+(``copy``), which the store's writer thread sends as it is: no row objects are built,
+nor formatted again for the COPY while holding the interpreter lock. A poll it cannot
+take whole goes through ``compiled`` and ``python_row``.
 
 Without a C compiler at install time there is no compiled path (``COMPILED`` is
 false) and every record takes the Python one.
@@ -70,6 +71,7 @@ class PollRows:
         self.model = model
         self.max_tokens = max_tokens
         self.received_at: object = None
+        self._pg_copy = pg_copy
         # Records produced together share their millisecond timestamps: each distinct
         # one is converted once a poll (by each path, in its own form).
         self._times: dict[int, tuple[datetime, object]] = {}
@@ -80,7 +82,6 @@ class PollRows:
                 time_forms=self._time_forms,
                 currencies=ISO_4217,
                 sha256=hashlib.sha256,
-                pg_copy=pg_copy,
             )
             if _CompiledRows is not None and codec.reads_raw_directly
             else None
@@ -109,11 +110,14 @@ class PollRows:
         whole poll when there is no compiled path (or it cannot read this codec's values)."""
         return None if self._compiled is None else self._compiled.rows(messages)
 
-    def pg_copy(self) -> bytes | None:
-        """The last ``compiled`` poll's rows as PostgreSQL's binary COPY data
-        (``Store.add_pending_rows``); None unless ``pg_copy`` was asked for and every
-        record of the poll was compiled."""
-        return None if self._compiled is None else self._compiled.pg_copy()
+    def copy(self, messages: Sequence[Message]) -> bytes | None:
+        """The poll's rows as PostgreSQL's binary COPY data alone, without the rows
+        (``Store.add_pending_copy``), when the compiled path takes every record and no
+        pair repeats within the poll; None otherwise, and always unless ``pg_copy``
+        was asked for: ``compiled`` and ``python_row`` then take the poll."""
+        if self._compiled is None or not self._pg_copy:
+            return None
+        return self._compiled.copy(messages)
 
     def python_row(self, message: Message) -> PendingRow:
         """The record's row; InvalidMessage when it is not a valid invoice."""

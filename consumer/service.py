@@ -123,9 +123,11 @@ class _Poll:
     """One poll's records after step 1, and its store write once handed to the writer."""
 
     messages: Sequence[Message]
+    # The rows for the store; none when the poll goes as COPY data alone (pg_copy).
     rows: list[PendingRow]
     invalid: int
-    # The rows as PostgreSQL's binary COPY data, when the compiled path wrote them.
+    # PostgreSQL: every record's row as binary COPY data, when the compiled path took
+    # the whole poll (PollRows.copy).
     pg_copy: bytes | None = None
     write: Future[int] | None = field(default=None)
     # SQLite: the WAL's fsync after the write's commit, run while the next poll is written.
@@ -379,12 +381,15 @@ class ConsumerService:
         (``consumer/rows.py``)."""
         poll_rows = self.poll_rows
         poll_rows.start(self.clock())
-        compiled = poll_rows.compiled(messages)
         guard = self.guard
+        copy = poll_rows.copy(messages)
+        if copy is not None:
+            guard.record_valid(len(messages))
+            return _Poll(messages, [], 0, pg_copy=copy)
+        compiled = poll_rows.compiled(messages)
         if compiled is not None and None not in compiled:
             guard.record_valid(len(compiled))
-            every = cast("list[PendingRow]", compiled)
-            return _Poll(messages, every, 0, pg_copy=poll_rows.pg_copy())
+            return _Poll(messages, cast("list[PendingRow]", compiled), 0)
         python_row = poll_rows.python_row
         rows: list[PendingRow] = []
         invalid = 0
@@ -410,8 +415,10 @@ class ConsumerService:
     def _store_rows(self, poll: _Poll) -> int:
         """Steps 2–3 (in the writer thread when run overlaps polls); on a SQLite file
         the commit's fsync is handed to the syncer thread (``poll.synced``)."""
+        if poll.pg_copy is not None:
+            return self.store.add_pending_copy(poll.pg_copy)
         if not self.store.syncs_apart:
-            return self.store.add_pending_rows(poll.rows, pg_copy=poll.pg_copy)
+            return self.store.add_pending_rows(poll.rows)
         accepted = self.store.add_pending_rows(poll.rows, sync=False)
         if self._syncer is None:
             self._syncer = ThreadPoolExecutor(1, thread_name_prefix="store-syncer")
@@ -428,7 +435,8 @@ class ConsumerService:
         crash_point("consume.after_db_commit")
         self.consumer.store_offsets(offsets=_next_offsets(poll.messages))  # 5
         self._commit(asynchronous=True)  # 6
-        duplicates = len(poll.rows) - accepted
+        offered = len(poll.messages) if poll.pg_copy is not None else len(poll.rows)
+        duplicates = offered - accepted
         self.metrics.events.labels("accepted").inc(accepted)
         self.metrics.events.labels("duplicate").inc(duplicates)
         self.metrics.events.labels("invalid").inc(poll.invalid)

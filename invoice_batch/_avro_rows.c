@@ -27,8 +27,11 @@
  * and the size bound is batch_requests.request_size_bound's. Property tests hold
  * every row to the Python path's (tests/unit/test_avro_rows.py).
  *
- * With pg_copy, rows() also writes each row as a tuple of PostgreSQL's binary COPY;
- * pg_copy() gives the poll's data when every record of it got a row here.
+ * Rows.copy(messages) writes the same rows as PostgreSQL's binary COPY data instead,
+ * and builds no Python object for a record, which was most of what rows() spends
+ * once the record is read. It gives up (None) at the first record it cannot take,
+ * or whose pair (its content hash, which covers the invoice id) came earlier in the
+ * poll: the caller then takes the poll through rows().
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -55,12 +58,16 @@ typedef struct {
     /* scratch: the escaped fields, then the canonical text */
     char *buffer;
     Py_ssize_t capacity;
-    /* PostgreSQL's binary COPY of the last rows() call's rows (with pg_copy): its
-     * length, or -1 when a record was left to the Python path. */
-    int pg_copy;
+    /* copy(): PostgreSQL's binary COPY data being written */
     int64_t pg_received_at;  /* the poll's received_at, microseconds since 2000-01-01 UTC */
     char *copy;
     Py_ssize_t copy_len, copy_capacity;
+    /* copy(): the payload being written, and the poll's content hashes so far (their
+     * first 64 bits; 0 marks a free slot) in a table of seen_mask + 1 slots. */
+    char *payload;
+    Py_ssize_t payload_capacity;
+    uint64_t *seen;
+    Py_ssize_t seen_mask;
 } Context;
 
 /* Three upper-case ASCII letters as a number below 26^3; -1 for anything else. */
@@ -112,6 +119,8 @@ Context_dealloc(Context *self)
     Context_clear(self);
     PyMem_Free(self->buffer);
     PyMem_Free(self->copy);
+    PyMem_Free(self->payload);
+    PyMem_Free(self->seen);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -119,16 +128,15 @@ static int
 Context_init(Context *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"max_text_bytes", "fixed_size", "time_forms", "currencies",
-                             "sha256", "pg_copy", NULL};
+                             "sha256", NULL};
     Py_ssize_t max_text_bytes = -1, fixed_size = -1;
     PyObject *time_forms = NULL, *currencies = NULL, *sha256 = NULL;
-    int pg_copy = 0;
     /* Keyword-only arguments are optional ones to this parser: absent ones are refused below. */
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$nnOOOp", kwlist, &max_text_bytes,
-                                     &fixed_size, &time_forms, &currencies, &sha256, &pg_copy))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$nnOOO", kwlist, &max_text_bytes,
+                                     &fixed_size, &time_forms, &currencies, &sha256))
         return -1;
     if (time_forms == NULL || currencies == NULL || sha256 == NULL) {
-        PyErr_SetString(PyExc_TypeError, "Rows() takes every keyword argument but pg_copy");
+        PyErr_SetString(PyExc_TypeError, "Rows() takes every keyword argument");
         return -1;
     }
     if (max_text_bytes < 0 || fixed_size < 0) {
@@ -159,8 +167,6 @@ Context_init(Context *self, PyObject *args, PyObject *kwds)
     self->max_text_bytes = max_text_bytes;
     self->max_value_bytes = 4 * max_text_bytes + 4096;
     self->fixed_size = fixed_size;
-    self->pg_copy = pg_copy;
-    self->copy_len = -1;
     Py_CLEAR(self->received_at); /* start() gives the first poll's */
     Py_XSETREF(self->times, PyDict_New());
     if (self->times == NULL)
@@ -178,7 +184,7 @@ Context_init(Context *self, PyObject *args, PyObject *kwds)
 
 PyDoc_STRVAR(start_doc,
 "start(received_at, pg_copy_received_at=0)\n--\n\n"
-"Begin a poll: its received_at in the store's form (and, with pg_copy, in\n"
+"Begin a poll: its received_at in the store's form (and, for copy(), in\n"
 "microseconds since 2000-01-01 UTC); the event-time cache is emptied.");
 
 static PyObject *
@@ -196,7 +202,6 @@ Context_start(Context *self, PyObject *args, PyObject *kwds)
     Py_INCREF(received_at);
     Py_XSETREF(self->received_at, received_at);
     self->pg_received_at = pg_received_at;
-    self->copy_len = -1;
     PyDict_Clear(self->times);
     Py_RETURN_NONE;
 }
@@ -607,23 +612,20 @@ utf8_of(PyObject *value, Py_ssize_t *n)
     return data;
 }
 
-/* The row's tuple in binary COPY, in _COPY_POSTGRESQL's columns: status, attempts,
- * then the row's twelve. The fields row_of has at hand come as they are; the others
- * are read from the row. */
+/* A row's tuple in binary COPY, in _COPY_POSTGRESQL's columns: status, attempts,
+ * then the row's twelve. */
 static int
-copy_row(Context *ctx, PyObject *row, const Text *id, const char *payload,
-         Py_ssize_t payload_len, Py_ssize_t request_bytes, int has_event_time,
-         int64_t event_micros, int timed)
+copy_row(Context *ctx, const Text *id, const char *hash, Py_ssize_t hash_len,
+         const char *payload, Py_ssize_t payload_len, Py_ssize_t request_bytes,
+         int has_event_time, int64_t event_micros, PyObject *topic_obj, PyObject *partition,
+         PyObject *offset, PyObject *key, int timed)
 {
-    Py_ssize_t hash_len, topic_len, key_len = 0;
-    const char *hash = utf8_of(PyTuple_GET_ITEM(row, 1), &hash_len);
-    const char *topic = utf8_of(PyTuple_GET_ITEM(row, 6), &topic_len);
-    if (hash_len < 0 || topic_len < 0)
+    Py_ssize_t topic_len, key_len = 0;
+    const char *topic = utf8_of(topic_obj, &topic_len);
+    if (topic_len < 0)
         return -1;
     const char *encoding = timed ? ENCODING_TIMED : ENCODING_UNTIMED;
     Py_ssize_t encoding_len = (Py_ssize_t)strlen(encoding);
-    PyObject *partition = PyTuple_GET_ITEM(row, 7), *offset = PyTuple_GET_ITEM(row, 8);
-    PyObject *key = PyTuple_GET_ITEM(row, 9);
     if (!PyLong_Check(partition) || !PyLong_Check(offset)) {
         PyErr_SetString(PyExc_TypeError, "partition and offset must be int");
         return -1;
@@ -664,6 +666,35 @@ copy_row(Context *ctx, PyObject *row, const Text *id, const char *payload,
     return 0;
 }
 
+/* copy(): whether a content hash (64 hex digits) came earlier in the poll; records it
+ * if not. Hashes are told apart by their first 64 bits: two that share them count as
+ * one pair, which only sends the poll through rows(). -1 on a malformed hash. */
+static int
+seen_before(Context *ctx, const char *hash, Py_ssize_t hash_len)
+{
+    if (hash_len != 64)
+        return -1;
+    uint64_t bits = 0;
+    for (int i = 0; i < 16; i++) {
+        char c = hash[i];
+        int digit = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (digit < 0)
+            return -1;
+        bits = bits << 4 | (uint64_t)digit;
+    }
+    if (bits == 0)
+        bits = 1;
+    for (Py_ssize_t slot = (Py_ssize_t)(bits & (uint64_t)ctx->seen_mask);;
+         slot = (slot + 1) & ctx->seen_mask) {
+        if (ctx->seen[slot] == bits)
+            return 1;
+        if (ctx->seen[slot] == 0) {
+            ctx->seen[slot] = bits;
+            return 0;
+        }
+    }
+}
+
 static inline char *
 put(char *o, const char *s, Py_ssize_t n)
 {
@@ -674,9 +705,11 @@ put(char *o, const char *s, Py_ssize_t n)
 #define PUT_LITERAL(o, s) put((o), (s), (Py_ssize_t)(sizeof(s) - 1))
 
 /* One record's row (a new reference), Py_None (a new reference) when the Python
- * path must take it, NULL on failure. */
+ * path must take it, NULL on failure. With copy_only, no row: the record's COPY tuple
+ * is written and Py_True returned, or Py_None when its pair came earlier in the poll
+ * (its tuple is not written). */
 static PyObject *
-row_of(Context *ctx, PyObject *message)
+row_of(Context *ctx, PyObject *message, int copy_only)
 {
     PyObject *value = PyObject_CallMethodNoArgs(message, str_value);
     if (value == NULL)
@@ -829,10 +862,27 @@ row_of(Context *ctx, PyObject *message)
                              (Py_ssize_t)sizeof("{\"invoice_id\":,\"supplier\":,\"description\":,"
                                                 "\"amount\":,\"currency\":,\"invoice_date\":,"
                                                 "\"raw_text\":,\"event_time\":}") - 1;
-    PyObject *payload = PyUnicode_New(payload_len, 127);
-    if (payload == NULL)
-        goto failed;
-    char *o = (char *)PyUnicode_1BYTE_DATA(payload);
+    PyObject *payload = NULL;
+    char *payload_data;
+    if (copy_only) {
+        if (ctx->payload_capacity < payload_len) {
+            char *grown = PyMem_Realloc(ctx->payload, (size_t)(payload_len + 4096));
+            if (grown == NULL) {
+                PyErr_NoMemory();
+                goto failed;
+            }
+            ctx->payload = grown;
+            ctx->payload_capacity = payload_len + 4096;
+        }
+        payload_data = ctx->payload;
+    }
+    else {
+        payload = PyUnicode_New(payload_len, 127);
+        if (payload == NULL)
+            goto failed;
+        payload_data = (char *)PyUnicode_1BYTE_DATA(payload);
+    }
+    char *o = payload_data;
     o = PUT_LITERAL(o, "{\"invoice_id\":");
     o = put(o, b, id_len);
     o = PUT_LITERAL(o, ",\"supplier\":");
@@ -850,7 +900,7 @@ row_of(Context *ctx, PyObject *message)
     o = PUT_LITERAL(o, ",\"event_time\":");
     o = put(o, time_json, time_json_len);
     *o++ = '}';
-    assert(o - (char *)PyUnicode_1BYTE_DATA(payload) == payload_len);
+    assert(o - payload_data == payload_len);
 
     /* The canonical text (sorted keys, no event_time), hashed. */
     Py_ssize_t canonical_len = fields + (Py_ssize_t)sizeof(
@@ -859,7 +909,7 @@ row_of(Context *ctx, PyObject *message)
                                             "\"supplier\":}") - 1;
     PyObject *canonical = PyBytes_FromStringAndSize(NULL, canonical_len);
     if (canonical == NULL) {
-        Py_DECREF(payload);
+        Py_XDECREF(payload);
         goto failed;
     }
     o = PyBytes_AS_STRING(canonical);
@@ -882,13 +932,13 @@ row_of(Context *ctx, PyObject *message)
     PyObject *hash = PyObject_CallOneArg(ctx->sha256, canonical);
     Py_DECREF(canonical);
     if (hash == NULL) {
-        Py_DECREF(payload);
+        Py_XDECREF(payload);
         goto failed;
     }
     PyObject *content_hash = PyObject_CallMethodNoArgs(hash, str_hexdigest);
     Py_DECREF(hash);
     if (content_hash == NULL) {
-        Py_DECREF(payload);
+        Py_XDECREF(payload);
         goto failed;
     }
 
@@ -905,6 +955,38 @@ row_of(Context *ctx, PyObject *message)
     if (has_date)
         head += 16 + 10;
     Py_ssize_t bound = ctx->fixed_size + head + (has_text ? 8 + text_len - 2 : 0);
+
+    if (copy_only) {
+        Py_ssize_t hash_len;
+        const char *hash_data = utf8_of(content_hash, &hash_len);
+        int seen = hash_data == NULL ? -1 : seen_before(ctx, hash_data, hash_len);
+        if (seen != 0) {
+            Py_DECREF(content_hash);
+            if (seen < 0) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_ValueError, "sha256 hexdigest is not 64 hex digits");
+                goto failed;
+            }
+            goto python;
+        }
+        PyObject *topic = PyObject_CallMethodNoArgs(message, str_topic);
+        PyObject *partition = topic ? PyObject_CallMethodNoArgs(message, str_partition) : NULL;
+        PyObject *offset = partition ? PyObject_CallMethodNoArgs(message, str_offset) : NULL;
+        PyObject *key = offset ? PyObject_CallMethodNoArgs(message, str_key) : NULL;
+        int written = key != NULL &&
+                      copy_row(ctx, &id, hash_data, hash_len, payload_data, payload_len, bound,
+                               forms != NULL, event_millis * 1000 - PG_EPOCH_MICROS, topic,
+                               partition, offset, key, has_time) == 0;
+        Py_XDECREF(topic);
+        Py_XDECREF(partition);
+        Py_XDECREF(offset);
+        Py_XDECREF(key);
+        Py_DECREF(content_hash);
+        if (!written)
+            goto failed;
+        Py_DECREF(value);
+        Py_RETURN_TRUE;
+    }
 
     PyObject *row = PyTuple_New(12);
     if (row == NULL) {
@@ -940,12 +1022,6 @@ row_of(Context *ctx, PyObject *message)
         Py_DECREF(row);
         return NULL;
     }
-    if (ctx->pg_copy && ctx->copy_len >= 0 &&
-        copy_row(ctx, row, &id, (const char *)PyUnicode_1BYTE_DATA(payload), payload_len, bound,
-                 forms != NULL, event_millis * 1000 - PG_EPOCH_MICROS, has_time)) {
-        Py_DECREF(row);
-        return NULL;
-    }
     return row;
 
 python:
@@ -977,17 +1053,6 @@ Context_rows(Context *self, PyObject *messages)
         return NULL;
     }
     PyObject **items = PySequence_Fast_ITEMS(sequence);
-    self->copy_len = -1;
-    if (self->pg_copy) {
-        self->copy_len = 0;
-        if (copy_reserve(self, sizeof COPY_SIGNATURE + 2)) {
-            Py_DECREF(result);
-            Py_DECREF(sequence);
-            return NULL;
-        }
-        memcpy(self->copy, COPY_SIGNATURE, sizeof COPY_SIGNATURE);
-        self->copy_len = sizeof COPY_SIGNATURE;
-    }
     for (Py_ssize_t i = 0; i < n; i++) {
         /* A poll takes milliseconds here: let the store's writer thread take the
          * interpreter lock between records when it has asked for it, as between
@@ -996,56 +1061,94 @@ Context_rows(Context *self, PyObject *messages)
             Py_BEGIN_ALLOW_THREADS
             Py_END_ALLOW_THREADS
         }
-        PyObject *row = row_of(self, items[i]);
+        PyObject *row = row_of(self, items[i], 0);
         if (row == NULL) {
             Py_DECREF(result);
             Py_DECREF(sequence);
             return NULL;
         }
-        if (row == Py_None)
-            self->copy_len = -1; /* the poll is written row by row */
         PyList_SET_ITEM(result, i, row);
     }
     Py_DECREF(sequence);
-    if (self->copy_len >= 0) {
-        if (copy_reserve(self, 2)) {
-            Py_DECREF(result);
-            return NULL;
-        }
-        self->copy[self->copy_len++] = (char)0xFF;
-        self->copy[self->copy_len++] = (char)0xFF;
-    }
     return result;
 }
 
-PyDoc_STRVAR(pg_copy_doc,
-"pg_copy()\n--\n\n"
-"The last rows() call's rows as PostgreSQL's binary COPY data (signature and trailer\n"
-"included), in the columns status, attempts and the row's; None when a record was\n"
-"left to the Python path, or without pg_copy.");
+PyDoc_STRVAR(copy_doc,
+"copy(messages)\n--\n\n"
+"The rows() of the messages as PostgreSQL's binary COPY data (signature and trailer\n"
+"included), in the columns status, attempts and the row's, without building the rows;\n"
+"None when a record is left to the Python path or a pair repeats within them (rows()\n"
+"then takes the poll).");
 
 static PyObject *
-Context_pg_copy(Context *self, PyObject *Py_UNUSED(ignored))
+Context_copy(Context *self, PyObject *messages)
 {
-    if (self->copy_len < 0)
+    if (self->received_at == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "copy() before start()");
+        return NULL;
+    }
+    PyObject *sequence = PySequence_Fast(messages, "messages must be a sequence");
+    if (sequence == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
+    /* The hash table at most half full. */
+    Py_ssize_t slots = 1024;
+    while (slots < 2 * n)
+        slots *= 2;
+    if (self->seen_mask + 1 < slots) {
+        uint64_t *seen = PyMem_Realloc(self->seen, (size_t)slots * sizeof *seen);
+        if (seen == NULL) {
+            Py_DECREF(sequence);
+            return PyErr_NoMemory();
+        }
+        self->seen = seen;
+        self->seen_mask = slots - 1;
+    }
+    memset(self->seen, 0, (size_t)(self->seen_mask + 1) * sizeof *self->seen);
+    self->copy_len = 0;
+    if (copy_reserve(self, sizeof COPY_SIGNATURE + 2)) {
+        Py_DECREF(sequence);
+        return NULL;
+    }
+    memcpy(self->copy, COPY_SIGNATURE, sizeof COPY_SIGNATURE);
+    self->copy_len = sizeof COPY_SIGNATURE;
+    PyObject **items = PySequence_Fast_ITEMS(sequence);
+    PyObject *outcome = Py_True;
+    for (Py_ssize_t i = 0; i < n && outcome == Py_True; i++) {
+        if ((i & 15) == 15) {  /* as in rows() */
+            Py_BEGIN_ALLOW_THREADS
+            Py_END_ALLOW_THREADS
+        }
+        outcome = row_of(self, items[i], 1);
+        if (outcome == NULL) {
+            Py_DECREF(sequence);
+            return NULL;
+        }
+        Py_DECREF(outcome); /* a new reference to True or None */
+    }
+    Py_DECREF(sequence);
+    if (outcome != Py_True || n == 0)
         Py_RETURN_NONE;
+    if (copy_reserve(self, 2))
+        return NULL;
+    self->copy[self->copy_len++] = (char)0xFF;
+    self->copy[self->copy_len++] = (char)0xFF;
     return PyBytes_FromStringAndSize(self->copy, self->copy_len);
 }
 
 static PyMethodDef Context_methods[] = {
     {"start", (PyCFunction)(void (*)(void))Context_start, METH_VARARGS | METH_KEYWORDS, start_doc},
     {"rows", (PyCFunction)Context_rows, METH_O, rows_doc},
-    {"pg_copy", (PyCFunction)Context_pg_copy, METH_NOARGS, pg_copy_doc},
+    {"copy", (PyCFunction)Context_copy, METH_O, copy_doc},
     {NULL, NULL, 0, NULL},
 };
 
 PyDoc_STRVAR(Context_doc,
-"Rows(*, max_text_bytes, fixed_size, time_forms, currencies, sha256, pg_copy=False)\n--\n\n"
+"Rows(*, max_text_bytes, fixed_size, time_forms, currencies, sha256)\n--\n\n"
 "A consumer's settings for rows(): the text cap, the request bytes besides the\n"
 "prompt, the function that gives an event time's (JSON isoformat, store form) from\n"
-"its milliseconds, the ISO 4217 codes and hashlib.sha256. With pg_copy, rows() also\n"
-"writes its rows as PostgreSQL's binary COPY data, for pg_copy(). Call start() at\n"
-"every poll; the buffers are kept from one poll to the next.");
+"its milliseconds, the ISO 4217 codes and hashlib.sha256; the same for copy().\n"
+"Call start() at every poll; the buffers are kept from one poll to the next.");
 
 static PyTypeObject ContextType = {
     PyVarObject_HEAD_INIT(NULL, 0)

@@ -14,7 +14,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any, cast
@@ -120,10 +120,9 @@ _COPY_TYPES = (
 )
 
 
-def _insert_postgresql(
-    connection: Connection, batch: Sequence[PendingRow], copy_data: bytes | None = None
-) -> int:
-    """The rows whose pair is not stored yet; returns how many were inserted.
+def _insert_postgresql(connection: Connection, rows: Sequence[PendingRow] | bytes) -> int:
+    """The rows whose pair is not stored yet; returns how many were inserted. They
+    come as PendingRows, or as binary COPY data in ``_COPY_POSTGRESQL``'s columns.
 
     Nearly every poll is new rows only: they go by COPY, which has no ON CONFLICT. A
     pair stored already (committed, or by a transaction still open, which the COPY
@@ -141,17 +140,66 @@ def _insert_postgresql(
             # SQLAlchemy's savepoint, not psycopg's transaction(): with nothing sent yet
             # in this transaction, that one would open and commit a transaction of its own.
             with connection.begin_nested(), cursor.copy(_COPY_POSTGRESQL) as copy:
-                if copy_data is not None:
-                    copy.write(copy_data)
+                if isinstance(rows, bytes):
+                    copy.write(rows)
                 else:
                     copy.set_types(_COPY_TYPES)
                     write_row = copy.write_row
-                    for row in batch:
+                    for row in rows:
                         write_row(("pending", 0, *row))
         except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
-            columns = [list(column) for column in zip(*batch, strict=True)]
+            columns = (
+                _copy_columns(rows)
+                if isinstance(rows, bytes)
+                else [list(column) for column in zip(*rows, strict=True)]
+            )
             return _insert_on_conflict(connection, cursor, columns)
-        return len(batch)
+        return int(cursor.rowcount)
+
+
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+
+
+def _int_from_binary(value: bytes | memoryview) -> int:
+    return int.from_bytes(value, "big", signed=True)
+
+
+# A binary COPY field's value, by its type in _COPY_TYPES.
+_FROM_BINARY: dict[str, Callable[[bytes], object]] = {
+    "varchar": bytes.decode,
+    "text": bytes.decode,
+    "int4": _int_from_binary,
+    "int8": _int_from_binary,
+    "timestamptz": lambda value: _PG_EPOCH + timedelta(microseconds=_int_from_binary(value)),
+    "bytea": bytes,
+}
+
+
+def _copy_columns(data: bytes) -> list[list[Any]]:
+    """The columns of ``_INSERT_POSTGRESQL`` (``_NEW_COLUMNS``) read back from binary
+    COPY data in ``_COPY_POSTGRESQL``'s columns: what a poll given as COPY data alone
+    (``Store.add_pending_copy``) inserts when its COPY failed."""
+    if not data.startswith(_COPY_SIGNATURE):
+        raise ValueError("not PostgreSQL binary COPY data")
+    view = memoryview(data)
+    position = len(_COPY_SIGNATURE) + 4  # the flags
+    position += 4 + int.from_bytes(view[position : position + 4], "big")  # header extension
+    decoders = [_FROM_BINARY[name] for name in _COPY_TYPES]
+    columns: list[list[Any]] = [[] for _ in decoders]
+    while (fields := _int_from_binary(view[position : position + 2])) != -1:
+        if fields != len(decoders):
+            raise ValueError(f"a COPY tuple of {fields} fields, not {len(decoders)}")
+        position += 2
+        for column, decode in zip(columns, decoders, strict=True):
+            size = _int_from_binary(view[position : position + 4])
+            position += 4
+            if size < 0:
+                column.append(None)
+            else:
+                column.append(decode(bytes(view[position : position + size])))
+                position += size
+    return columns[2:]  # status and attempts: the INSERT's own
 
 
 def _insert_on_conflict(connection: Connection, cursor: Any, columns: list[list[Any]]) -> int:
@@ -365,9 +413,7 @@ class Store:
         """The database's SQLAlchemy dialect name: ``sqlite`` or ``postgresql``."""
         return self._dialect
 
-    def add_pending_rows(
-        self, rows: Sequence[PendingRow], *, pg_copy: bytes | None = None, sync: bool = True
-    ) -> int:
+    def add_pending_rows(self, rows: Sequence[PendingRow], *, sync: bool = True) -> int:
         """``add_invoices`` for rows already in the driver's form; returns the rows inserted.
 
         The insert goes to the driver without SQLAlchemy's per-row parameter
@@ -379,10 +425,6 @@ class Store:
 
         The statements run with the GIL released (the SQLite library or the server
         works while the driver waits), so a writer thread overlaps them with decoding.
-
-        ``pg_copy``: the same rows as PostgreSQL's binary COPY data (columns status,
-        attempts, then the row's), which PostgreSQL then gets as it is when no pair
-        repeats within ``rows``; SQLite ignores it.
 
         ``sync=False``: on a SQLite file, commit without waiting for the WAL's fsync;
         the rows are durable only once ``sync`` returns. The consumer's writer goes on
@@ -398,25 +440,44 @@ class Store:
                 batch.append(row)
         if not batch:
             return 0
-        try:
-            with self.engine.connect() as connection:
-                unsynced = not sync and self.syncs_apart
-                with (
-                    self._unsynced_commit(connection) if unsynced else contextlib.nullcontext(),
-                    connection.begin(),
-                ):
-                    if self._dialect == "postgresql":
-                        copy = pg_copy if len(batch) == len(rows) else None
-                        accepted = _insert_postgresql(connection, batch, copy)
-                    else:
-                        accepted = _insert_sqlite(connection, batch)
-                    crash_point("consume.before_db_commit")
-        except (psycopg.Error, sqlite3.Error) as exc:
-            # The statements above go to the driver directly: raise its errors as the
-            # SQLAlchemy ones every caller handles (the consumer pauses and retries).
-            raise DBAPIError.instance(None, None, exc, _driver_error_base(exc)) from exc
+
+        def insert(connection: Connection) -> int:
+            if self._dialect == "postgresql":
+                return _insert_postgresql(connection, batch)
+            return _insert_sqlite(connection, batch)
+
+        accepted = self._insert_pending(insert, unsynced=not sync and self.syncs_apart)
         if self._checkpoints is not None:
             self._checkpoints.committed(sum(len(row[2]) for row in batch))
+        return accepted
+
+    def add_pending_copy(self, copy_data: bytes) -> int:
+        """``add_pending_rows`` on PostgreSQL for rows given as binary COPY data alone
+        (``PollRows.copy``: columns status, attempts, then a row's; no pair twice);
+        returns the rows inserted. The consumer sends a clean poll this way, with no
+        row objects built for it. A pair stored already takes the same way as there:
+        the rows are read back from the data and go through ``INSERT … ON CONFLICT``.
+        """
+        if self._dialect != "postgresql":
+            raise ValueError("binary COPY data is for a PostgreSQL store")
+        return self._insert_pending(
+            lambda connection: _insert_postgresql(connection, copy_data), unsynced=False
+        )
+
+    def _insert_pending(self, insert: Callable[[Connection], int], *, unsynced: bool) -> int:
+        """One transaction around ``insert``; its row count."""
+        try:
+            with (
+                self.engine.connect() as connection,
+                self._unsynced_commit(connection) if unsynced else contextlib.nullcontext(),
+                connection.begin(),
+            ):
+                accepted = insert(connection)
+                crash_point("consume.before_db_commit")
+        except (psycopg.Error, sqlite3.Error) as exc:
+            # The statements go to the driver directly: raise its errors as the
+            # SQLAlchemy ones every caller handles (the consumer pauses and retries).
+            raise DBAPIError.instance(None, None, exc, _driver_error_base(exc)) from exc
         return accepted
 
     @contextlib.contextmanager

@@ -316,8 +316,10 @@ def _compiled_poll(count: int) -> tuple[list[repository.PendingRow], bytes]:
     )
     poll_rows.start(datetime(2026, 3, 1, 23, 0, 0, 123456, tzinfo=UTC))
     compiled = poll_rows.compiled(messages)
-    copy_data = poll_rows.pg_copy()
+    copy_data = poll_rows.copy(messages)
     assert compiled is not None and copy_data is not None and None not in compiled
+    # Repeated within the poll, a pair leaves it to the rows.
+    assert poll_rows.copy([*messages, messages[3]]) is None
     return [row for row in compiled if row is not None], copy_data
 
 
@@ -335,28 +337,41 @@ def _stored(store: Store) -> list[tuple[object, ...]]:
         ]
 
 
+def _source_offset(row: tuple[object, ...]) -> int:
+    offset = row[10]
+    assert isinstance(offset, int)
+    return offset
+
+
 def test_postgresql_takes_the_compiled_paths_copy_data_as_the_rows(postgres_url: str) -> None:
-    """The COPY data the compiled path writes stores exactly what the rows store."""
+    """The COPY data the compiled path writes stores exactly what the rows store,
+    and reads back as the rows' columns when its COPY fails."""
     engine = make_engine(postgres_url)
     upgrade_schema(engine)
     store = Store(engine)
     rows, copy_data = _compiled_poll(300)
+    assert repository._copy_columns(copy_data) == [
+        list(column) for column in zip(*rows, strict=True)
+    ]
     assert store.add_pending_rows(rows) == 300
     by_rows = _stored(store)
     with engine.begin() as connection:
         connection.execute(text("DELETE FROM invoices"))
-    assert store.add_pending_rows(rows, pg_copy=copy_data) == 300
+    assert store.add_pending_copy(copy_data) == 300
     assert _stored(store) == by_rows
     assert by_rows[1][7] == datetime(2026, 3, 1, 12, 0, 0, 1000, tzinfo=UTC)  # its own
     assert by_rows[5][7] == datetime.fromtimestamp(1_772_366_400.005, UTC)  # Kafka's
     assert by_rows[0][7] is None  # neither
-    # Read again (a pair stored already): the COPY fails and the poll goes row by row.
-    assert store.add_pending_rows(rows, pg_copy=copy_data) == 0
-    # A pair repeated within the poll: the data is not used, the pair stored once.
+    # Read again (every pair stored already): the COPY fails, nothing is added.
+    assert store.add_pending_copy(copy_data) == 0
+    # A third of the pairs stored: the rest go in, in the poll's order.
     with engine.begin() as connection:
-        connection.execute(text("DELETE FROM invoices"))
-    assert store.add_pending_rows([*rows, rows[3]], pg_copy=copy_data) == 300
-    assert _stored(store) == by_rows
+        connection.execute(text("DELETE FROM invoices WHERE source_offset % 3 <> 0"))
+    assert store.add_pending_copy(copy_data) == 200
+    stored = _stored(store)
+    assert sorted(stored, key=_source_offset) == by_rows
+    offsets = [_source_offset(row) for row in by_rows]
+    assert [_source_offset(row) for row in stored[100:]] == [o for o in offsets if o % 3]
     engine.dispose()
 
 

@@ -21,7 +21,7 @@ from invoice_batch.schemas.codec import InvoiceCodec, load_schema
 from sqlalchemy import create_engine
 
 from invoice_batch.invoices import ISO_4217, InvalidMessage
-from invoice_batch.store.repository import PendingRow, Store
+from invoice_batch.store.repository import PendingRow, Store, _copy_columns
 from tests.conftest import IN_CI
 
 pytestmark = pytest.mark.skipif(
@@ -254,6 +254,34 @@ def test_every_clean_invoice_takes_the_compiled_path(record: dict[str, object], 
     assert row[11] == ("avro-untimed" if record["event_time"] is None else "avro")
 
 
+@given(
+    # Mostly clean records: a poll gets its data only when every record is clean.
+    records=st.lists(
+        st.one_of(kept_records, kept_records, kept_records, odd_records), min_size=1, max_size=6
+    ),
+    kafka_ms=kafka_times,
+    repeat=st.booleans(),
+)
+def test_copy_data_holds_the_compiled_rows(
+    records: list[dict[str, object]], kafka_ms: int, repeat: bool
+) -> None:
+    """PostgreSQL's COPY data reads back as the rows of the same records, or there is
+    none, when a record is left to the Python path or a pair repeats."""
+    values = [_avro(record) for record in records]
+    if repeat:
+        values.append(values[0])
+    messages = [_message(value, kafka_ms, offset=i) for i, value in enumerate(values)]
+    poll_rows = _poll_rows("postgresql")
+    rows = poll_rows.compiled(messages)
+    copy_data = poll_rows.copy(messages)
+    assert rows is not None
+    if None in rows or len({(row[0], row[1]) for row in rows if row}) < len(rows):
+        assert copy_data is None
+        return
+    assert copy_data is not None
+    assert _copy_columns(copy_data) == [list(column) for column in zip(*rows, strict=True)]
+
+
 def test_the_bench_and_demo_invoices_take_the_compiled_path() -> None:
     from bench.data import invoice_dict
     from invoice_batch.demo import seed_invoices
@@ -322,18 +350,23 @@ def test_a_consumers_polls_share_buffers_not_rows() -> None:
     second = [_message(_event(invoice_id=f"B-{i}"), offset=10 + i) for i in range(2)]
     second.append(_message(b"\x02x", offset=12))  # left to the Python path
     shared = _poll_rows("postgresql")
-    assert shared.compiled(first) is not None and shared.pg_copy() is not None
+    assert shared.compiled(first) is not None and shared.copy(first) is not None
     later = datetime(2026, 11, 28, 23, 0, tzinfo=UTC)
     shared.start(later)
     rows = shared.compiled(second[:2])
     fresh = _poll_rows("postgresql")
     fresh.start(later)
     assert rows == fresh.compiled(second[:2])
-    assert shared.pg_copy() == fresh.pg_copy() is not None
+    assert shared.copy(second[:2]) == fresh.copy(second[:2]) is not None
     assert rows is not None and rows[0] is not None and rows[0][4] == later
     shared.start(later)
     assert shared.compiled(second)[2] is None  # type: ignore[index]
-    assert shared.pg_copy() is None
+    assert shared.copy(second) is None
+    assert shared.copy(second[:2]) == fresh.copy(second[:2])  # nothing left of the last
+    # The pair of the first record, twice: the poll is left to the rows.
+    assert shared.copy([*second[:2], _message(_event(invoice_id="B-0"), offset=13)]) is None
+    assert shared.copy([]) is None
+    assert _poll_rows("sqlite").copy(first) is None  # SQLite takes rows
 
 
 clean_records = st.fixed_dictionaries(

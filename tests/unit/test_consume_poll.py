@@ -5,7 +5,7 @@ polls, in poll order; a failed write rewinds every poll not committed."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 from invoice_batch.metrics import Metrics
 from invoice_batch.settings import load_settings
 from invoice_batch.store.models import InvoiceRow
-from invoice_batch.store.repository import PendingRow, Store
+from invoice_batch.store.repository import PendingRow, Store, _copy_columns
 from invoice_batch.store.schema import make_engine, upgrade_schema
 from tests.conftest import _postgres_database
 
@@ -56,12 +56,17 @@ class FailingStore(Store):
     # Fail only the polls holding one of these offsets.
     fail_offsets: frozenset[int] = frozenset()
 
-    def add_pending_rows(
-        self, rows: Sequence[PendingRow], *, pg_copy: bytes | None = None, sync: bool = True
-    ) -> int:
-        if self.fail or any(row[8] in self.fail_offsets for row in rows):
+    def add_pending_rows(self, rows: Sequence[PendingRow], *, sync: bool = True) -> int:
+        self._maybe_fail(row[8] for row in rows)
+        return super().add_pending_rows(rows, sync=sync)
+
+    def add_pending_copy(self, copy_data: bytes) -> int:
+        self._maybe_fail(_copy_columns(copy_data)[8])
+        return super().add_pending_copy(copy_data)
+
+    def _maybe_fail(self, offsets: Iterable[int | None]) -> None:
+        if self.fail or any(offset in self.fail_offsets for offset in offsets):
             raise OperationalError("INSERT", {}, Exception("the store is down"))
-        return super().add_pending_rows(rows, pg_copy=pg_copy, sync=sync)
 
 
 def _messages(start: int, count: int, partition: int = 0) -> list[Message]:
@@ -314,11 +319,9 @@ def test_a_record_polled_while_the_store_is_down_is_put_back(
     store.fail_offsets = frozenset({0})
     original = store.add_pending_rows
 
-    def fails_once(
-        rows: Sequence[PendingRow], *, pg_copy: bytes | None = None, sync: bool = True
-    ) -> int:
+    def fails_once(rows: Sequence[PendingRow], *, sync: bool = True) -> int:
         try:
-            return original(rows, pg_copy=pg_copy, sync=sync)
+            return original(rows, sync=sync)
         finally:
             store.fail_offsets = frozenset()
 
@@ -347,12 +350,10 @@ def test_a_writer_error_of_any_kind_stores_no_later_offsets(
     service.consumer = running  # type: ignore[assignment]
     original = store.add_pending_rows
 
-    def breaks_on_the_first(
-        rows: Sequence[PendingRow], *, pg_copy: bytes | None = None, sync: bool = True
-    ) -> int:
+    def breaks_on_the_first(rows: Sequence[PendingRow], *, sync: bool = True) -> int:
         if any(row[8] == 0 for row in rows):
             raise RuntimeError("not a database error")
-        return original(rows, pg_copy=pg_copy, sync=sync)
+        return original(rows, sync=sync)
 
     store.add_pending_rows = breaks_on_the_first  # type: ignore[method-assign]
     service.run(stop)
