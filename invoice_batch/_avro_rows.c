@@ -1036,14 +1036,22 @@ PyDoc_STRVAR(rows_doc,
 "rows(messages)\n--\n\n"
 "For each message, its PendingRow, or None when the Python path must read it.");
 
+/* A poll's messages as a fast sequence (a new reference); NULL, with an error, before
+ * start() or when they are no sequence. */
+static PyObject *
+poll_of(Context *self, PyObject *messages, const char *method)
+{
+    if (self->received_at == NULL) {
+        PyErr_Format(PyExc_RuntimeError, "%s() before start()", method);
+        return NULL;
+    }
+    return PySequence_Fast(messages, "messages must be a sequence");
+}
+
 static PyObject *
 Context_rows(Context *self, PyObject *messages)
 {
-    if (self->received_at == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "rows() before start()");
-        return NULL;
-    }
-    PyObject *sequence = PySequence_Fast(messages, "messages must be a sequence");
+    PyObject *sequence = poll_of(self, messages, "rows");
     if (sequence == NULL)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
@@ -1083,11 +1091,7 @@ PyDoc_STRVAR(copy_doc,
 static PyObject *
 Context_copy(Context *self, PyObject *messages)
 {
-    if (self->received_at == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "copy() before start()");
-        return NULL;
-    }
-    PyObject *sequence = PySequence_Fast(messages, "messages must be a sequence");
+    PyObject *sequence = poll_of(self, messages, "copy");
     if (sequence == NULL)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);

@@ -282,6 +282,20 @@ def test_copy_data_holds_the_compiled_rows(
     assert _copy_columns(copy_data) == [list(column) for column in zip(*rows, strict=True)]
 
 
+def test_a_poll_is_started_before_its_rows_or_copy_data() -> None:
+    poll_rows = PollRows(
+        InvoiceCodec("avro", max_text_bytes=MAX_TEXT),
+        STORES["postgresql"].datetime_to_db,
+        model="claude-sonnet-4-5",
+        max_tokens=1024,
+        pg_copy=True,
+    )
+    with pytest.raises(RuntimeError, match=r"rows\(\) before start\(\)"):
+        poll_rows.compiled([_message(_event())])
+    with pytest.raises(RuntimeError, match=r"copy\(\) before start\(\)"):
+        poll_rows.copy([_message(_event())])
+
+
 def test_the_bench_and_demo_invoices_take_the_compiled_path() -> None:
     from bench.data import invoice_dict
     from invoice_batch.demo import seed_invoices
