@@ -455,8 +455,9 @@ class Store:
         """``add_pending_rows`` on PostgreSQL for rows given as binary COPY data alone
         (``PollRows.copy``: columns status, attempts, then a row's; no pair twice);
         returns the rows inserted. The consumer sends a clean poll this way, with no
-        row objects built for it. A pair stored already takes the same way as there:
-        the rows are read back from the data and go through ``INSERT … ON CONFLICT``.
+        row objects built for it. When a pair is stored already the COPY fails, as it
+        does for rows, and the rows, read back from the data, go through
+        ``INSERT … ON CONFLICT``. SQLite takes rows only: ValueError.
         """
         if self._dialect != "postgresql":
             raise ValueError("binary COPY data is for a PostgreSQL store")

@@ -375,6 +375,15 @@ def test_postgresql_takes_the_compiled_paths_copy_data_as_the_rows(postgres_url:
     engine.dispose()
 
 
+def test_a_sqlite_store_refuses_copy_data(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    upgrade_schema(engine)
+    _, copy_data = _compiled_poll(5)
+    with pytest.raises(ValueError, match="PostgreSQL"):
+        Store(engine).add_pending_copy(copy_data)
+    engine.dispose()
+
+
 def _deadlocks(engine: Any) -> int:
     """Deadlocks the server has broken in this database so far."""
     with engine.connect() as connection:
