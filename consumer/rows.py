@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING
 
@@ -31,7 +31,7 @@ from invoice_batch.schemas.codec import InvoiceCodec, event_time_of
 
 from invoice_batch.batch_requests import request_fixed_size, request_size_bound
 from invoice_batch.invoices import ISO_4217
-from invoice_batch.store.repository import PendingRow
+from invoice_batch.store.repository import PG_EPOCH, PendingRow
 
 if TYPE_CHECKING:
     from invoice_batch._avro_rows import Rows
@@ -44,12 +44,10 @@ except ImportError:  # built without a C compiler
 
 COMPILED = _CompiledRows is not None
 
-_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-
 
 def _pg_micros(at: datetime) -> int:
     """A timestamptz in binary COPY: microseconds since 2000-01-01 UTC."""
-    return (at - _PG_EPOCH) // timedelta(microseconds=1)
+    return (at - PG_EPOCH) // timedelta(microseconds=1)
 
 
 class PollRows:

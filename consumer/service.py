@@ -133,6 +133,11 @@ class _Poll:
     # SQLite: the WAL's fsync after the write's commit, run while the next poll is written.
     synced: Future[None] | None = field(default=None)
 
+    @property
+    def offered(self) -> int:
+        """The rows offered to the store: every record's when it went as COPY data."""
+        return len(self.messages) if self.pg_copy is not None else len(self.rows)
+
 
 class TooManyInvalid(Exception):
     """Nearly every recent record is invalid: most likely a bad upstream deploy."""
@@ -435,8 +440,7 @@ class ConsumerService:
         crash_point("consume.after_db_commit")
         self.consumer.store_offsets(offsets=_next_offsets(poll.messages))  # 5
         self._commit(asynchronous=True)  # 6
-        offered = len(poll.messages) if poll.pg_copy is not None else len(poll.rows)
-        duplicates = offered - accepted
+        duplicates = poll.offered - accepted
         self.metrics.events.labels("accepted").inc(accepted)
         self.metrics.events.labels("duplicate").inc(duplicates)
         self.metrics.events.labels("invalid").inc(poll.invalid)

@@ -488,19 +488,21 @@ civil_from_days(int64_t days, int64_t *year, int *month, int *day)
     *year = yoe + era * 400 + (*month <= 2);
 }
 
+/* Room for at least ``needed`` bytes in a buffer the context owns, with as much again
+ * to spare when it grows; -1 with MemoryError if it cannot. */
 static int
-ensure_capacity(Context *ctx, Py_ssize_t needed)
+reserve(char **buffer, Py_ssize_t *capacity, Py_ssize_t needed)
 {
-    if (needed <= ctx->capacity)
+    if (needed <= *capacity)
         return 0;
-    Py_ssize_t capacity = needed + needed / 2 + 4096;
-    char *buffer = PyMem_Realloc(ctx->buffer, (size_t)capacity);
-    if (buffer == NULL) {
+    Py_ssize_t grown = needed * 2 + 65536;
+    char *moved = PyMem_Realloc(*buffer, (size_t)grown);
+    if (moved == NULL) {
         PyErr_NoMemory();
         return -1;
     }
-    ctx->buffer = buffer;
-    ctx->capacity = capacity;
+    *buffer = moved;
+    *capacity = grown;
     return 0;
 }
 
@@ -554,17 +556,7 @@ static const char COPY_SIGNATURE[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
 static int
 copy_reserve(Context *ctx, Py_ssize_t more)
 {
-    if (ctx->copy_len + more <= ctx->copy_capacity)
-        return 0;
-    Py_ssize_t capacity = (ctx->copy_len + more) * 2 + 65536;
-    char *copy = PyMem_Realloc(ctx->copy, (size_t)capacity);
-    if (copy == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    ctx->copy = copy;
-    ctx->copy_capacity = capacity;
-    return 0;
+    return reserve(&ctx->copy, &ctx->copy_capacity, ctx->copy_len + more);
 }
 
 static inline char *
@@ -819,7 +811,7 @@ row_of(Context *ctx, PyObject *message, int copy_only)
 
     /* Escape each text once into the scratch buffer. */
     Py_ssize_t texts = id.n + supplier.n + description.n + (has_text ? raw_text.n : 0);
-    if (ensure_capacity(ctx, 6 * texts + 64))
+    if (reserve(&ctx->buffer, &ctx->capacity, 6 * texts + 64))
         goto failed;
     char *b = ctx->buffer;
     Py_ssize_t id_len = escape(&id, b);
@@ -865,15 +857,8 @@ row_of(Context *ctx, PyObject *message, int copy_only)
     PyObject *payload = NULL;
     char *payload_data;
     if (copy_only) {
-        if (ctx->payload_capacity < payload_len) {
-            char *grown = PyMem_Realloc(ctx->payload, (size_t)(payload_len + 4096));
-            if (grown == NULL) {
-                PyErr_NoMemory();
-                goto failed;
-            }
-            ctx->payload = grown;
-            ctx->payload_capacity = payload_len + 4096;
-        }
+        if (reserve(&ctx->payload, &ctx->payload_capacity, payload_len))
+            goto failed;
         payload_data = ctx->payload;
     }
     else {
@@ -1036,6 +1021,18 @@ PyDoc_STRVAR(rows_doc,
 "rows(messages)\n--\n\n"
 "For each message, its PendingRow, or None when the Python path must read it.");
 
+/* A poll takes milliseconds in rows() or copy(): every 16 records, let the store's
+ * writer thread take the interpreter lock when it has asked for it, as between
+ * bytecodes, so its statements keep the database busy meanwhile. */
+static inline void
+let_writers_in(Py_ssize_t record)
+{
+    if ((record & 15) == 15) {
+        Py_BEGIN_ALLOW_THREADS
+        Py_END_ALLOW_THREADS
+    }
+}
+
 /* A poll's messages as a fast sequence (a new reference); NULL, with an error, before
  * start() or when they are no sequence. */
 static PyObject *
@@ -1062,13 +1059,7 @@ Context_rows(Context *self, PyObject *messages)
     }
     PyObject **items = PySequence_Fast_ITEMS(sequence);
     for (Py_ssize_t i = 0; i < n; i++) {
-        /* A poll takes milliseconds here: let the store's writer thread take the
-         * interpreter lock between records when it has asked for it, as between
-         * bytecodes, so its statements keep the database busy meanwhile. */
-        if ((i & 15) == 15) {
-            Py_BEGIN_ALLOW_THREADS
-            Py_END_ALLOW_THREADS
-        }
+        let_writers_in(i);
         PyObject *row = row_of(self, items[i], 0);
         if (row == NULL) {
             Py_DECREF(result);
@@ -1119,10 +1110,7 @@ Context_copy(Context *self, PyObject *messages)
     PyObject **items = PySequence_Fast_ITEMS(sequence);
     PyObject *outcome = Py_True;
     for (Py_ssize_t i = 0; i < n && outcome == Py_True; i++) {
-        if ((i & 15) == 15) {  /* as in rows() */
-            Py_BEGIN_ALLOW_THREADS
-            Py_END_ALLOW_THREADS
-        }
+        let_writers_in(i);
         outcome = row_of(self, items[i], 1);
         if (outcome == NULL) {
             Py_DECREF(sequence);

@@ -157,11 +157,12 @@ def _insert_postgresql(connection: Connection, rows: Sequence[PendingRow] | byte
         return int(cursor.rowcount)
 
 
-_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+# Binary COPY's timestamptz: microseconds since this instant.
+PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 
 
-def _int_from_binary(value: bytes | memoryview) -> int:
+def _int_from_binary(value: bytes) -> int:
     return int.from_bytes(value, "big", signed=True)
 
 
@@ -171,7 +172,7 @@ _FROM_BINARY: dict[str, Callable[[bytes], object]] = {
     "text": bytes.decode,
     "int4": _int_from_binary,
     "int8": _int_from_binary,
-    "timestamptz": lambda value: _PG_EPOCH + timedelta(microseconds=_int_from_binary(value)),
+    "timestamptz": lambda value: PG_EPOCH + timedelta(microseconds=_int_from_binary(value)),
     "bytea": bytes,
 }
 
@@ -182,22 +183,21 @@ def _copy_columns(data: bytes) -> list[list[Any]]:
     (``Store.add_pending_copy``) inserts when its COPY failed."""
     if not data.startswith(_COPY_SIGNATURE):
         raise ValueError("not PostgreSQL binary COPY data")
-    view = memoryview(data)
     position = len(_COPY_SIGNATURE) + 4  # the flags
-    position += 4 + int.from_bytes(view[position : position + 4], "big")  # header extension
+    position += 4 + int.from_bytes(data[position : position + 4], "big")  # header extension
     decoders = [_FROM_BINARY[name] for name in _COPY_TYPES]
     columns: list[list[Any]] = [[] for _ in decoders]
-    while (fields := _int_from_binary(view[position : position + 2])) != -1:
+    while (fields := _int_from_binary(data[position : position + 2])) != -1:
         if fields != len(decoders):
             raise ValueError(f"a COPY tuple of {fields} fields, not {len(decoders)}")
         position += 2
         for column, decode in zip(columns, decoders, strict=True):
-            size = _int_from_binary(view[position : position + 4])
+            size = _int_from_binary(data[position : position + 4])
             position += 4
             if size < 0:
                 column.append(None)
             else:
-                column.append(decode(bytes(view[position : position + size])))
+                column.append(decode(data[position : position + size]))
                 position += size
     return columns[2:]  # status and attempts: the INSERT's own
 
