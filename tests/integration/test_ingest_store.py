@@ -434,14 +434,19 @@ def _rival_against(
         repository._insert_postgresql(connection, rival.pending_rows([second]))
     worker.join(30)
     rival.engine.dispose()
-    _assert_one_deadlock_and_each_pair_once(engine, before, result)
+    _assert_a_deadlock_and_each_pair_once(engine, before, result)
 
 
-def _assert_one_deadlock_and_each_pair_once(engine: Any, before: int, result: list[int]) -> None:
+def _assert_a_deadlock_and_each_pair_once(engine: Any, before: int, result: list[int]) -> None:
     """Ours stored only the other row (both pairs are the rival's), the server broke
-    one deadlock, and each of the three invoices is stored once. Disposes ``engine``."""
+    a deadlock, and each of the three invoices is stored once. Disposes ``engine``.
+
+    Not always exactly one deadlock: once ours is rolled back to its savepoint, its
+    INSERT … ON CONFLICT can take a pair back before the rival's waiting insert does,
+    and the two deadlock again; that INSERT is then tried again (_ON_CONFLICT_ATTEMPTS),
+    and ``result`` shows it succeeded."""
     assert result == [1]
-    assert _deadlocks(engine) == before + 1
+    assert _deadlocks(engine) > before
     with engine.connect() as connection:
         stored = connection.execute(select(InvoiceRow.invoice_id)).scalars().all()
     assert sorted(stored) == ["INV-00001", "INV-00002", "INV-00003"]
