@@ -26,10 +26,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 WORKDIR /src
 
-# A C compiler for the project's one extension (invoice_batch/_avro_rows.c, the
-# consumer's decoding of clean records); it stays in this stage.
+# A C compiler and OpenSSL's headers for the project's one extension
+# (invoice_batch/_avro_rows.c, the consumer's decoding of clean records; it hashes
+# with the libcrypto that Python's hashlib links, which the runtime image has); they
+# stay in this stage.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 
 # Dependencies first: this layer is reused until pyproject.toml changes.

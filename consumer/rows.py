@@ -14,13 +14,12 @@ For PostgreSQL the compiled path writes a poll as binary COPY data instead
 nor formatted again for the COPY while holding the interpreter lock. A poll it cannot
 take whole goes through ``compiled`` and ``python_row``.
 
-Without a C compiler at install time there is no compiled path (``COMPILED`` is
-false) and every record takes the Python one.
+Without a C compiler or OpenSSL's headers at install time there is no compiled
+path (``COMPILED`` is false) and every record takes the Python one.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from json.encoder import encode_basestring_ascii
@@ -39,7 +38,7 @@ if TYPE_CHECKING:
 _CompiledRows: type[Rows] | None
 try:
     from invoice_batch._avro_rows import Rows as _CompiledRows
-except ImportError:  # built without a C compiler
+except ImportError:  # not built: no C compiler or OpenSSL headers
     _CompiledRows = None
 
 COMPILED = _CompiledRows is not None
@@ -79,7 +78,6 @@ class PollRows:
                 fixed_size=request_fixed_size(model, max_tokens),
                 time_forms=self._time_forms,
                 currencies=ISO_4217,
-                sha256=hashlib.sha256,
             )
             if _CompiledRows is not None and codec.reads_raw_directly
             else None

@@ -259,7 +259,8 @@ class ConsumerService:
         )
         if not COMPILED and self.codec.reads_raw_directly:
             log.warning(
-                "invoice_batch._avro_rows is not built (no C compiler at install): "
+                "invoice_batch._avro_rows is not built (no C compiler or OpenSSL headers at "
+                "install): "
                 "every record is decoded in Python, which takes about four times as long"
             )
         try:

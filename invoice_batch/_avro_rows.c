@@ -37,6 +37,10 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+#include <openssl/evp.h>
 
 #define MAX_INVOICE_ID_CHARS 128
 
@@ -50,22 +54,21 @@ typedef struct {
     PyObject *received_at;  /* the poll's received_at, in the store's form (start()) */
     PyObject *times;        /* the poll's dict: milliseconds -> (JSON isoformat, store form) */
     PyObject *time_forms;   /* callable: milliseconds -> (JSON isoformat, store form) */
-    PyObject *sha256;       /* hashlib.sha256 */
+    EVP_MD *sha256;         /* the content hash's algorithm, fetched once */
+    EVP_MD_CTX *hashing;    /* reused for every record */
     PyObject *timed;        /* "avro" */
     PyObject *untimed;      /* "avro-untimed" */
     /* The ISO 4217 codes, one bit per three upper-case letters (26^3 bits). */
     unsigned char currencies[26 * 26 * 26 / 8 + 1];
-    /* scratch: the escaped fields, then the canonical text */
+    /* scratch: the escaped fields */
     char *buffer;
     Py_ssize_t capacity;
     /* copy(): PostgreSQL's binary COPY data being written */
     int64_t pg_received_at;  /* the poll's received_at, microseconds since 2000-01-01 UTC */
-    char *copy;
-    Py_ssize_t copy_len, copy_capacity;
-    /* copy(): the payload being written, and the poll's content hashes so far (their
-     * first 64 bits; 0 marks a free slot) in a table of seen_mask + 1 slots. */
-    char *payload;
-    Py_ssize_t payload_capacity;
+    PyObject *copy;          /* the poll's bytes, handed over whole by copy() */
+    Py_ssize_t copy_len, copy_capacity, copy_last;  /* copy_last: the last poll's size */
+    /* copy(): the poll's content hashes so far (their first 64 bits; 0 marks a free
+     * slot) in a table of seen_mask + 1 slots. */
     uint64_t *seen;
     Py_ssize_t seen_mask;
 } Context;
@@ -87,8 +90,7 @@ currency_index(const unsigned char *code)
 #define ENCODING_TIMED "avro"
 #define ENCODING_UNTIMED "avro-untimed"
 
-static PyObject *str_value, *str_timestamp, *str_topic, *str_partition, *str_offset, *str_key,
-    *str_hexdigest;
+static PyObject *str_value, *str_timestamp, *str_topic, *str_partition, *str_offset, *str_key;
 
 static int
 Context_traverse(Context *self, visitproc visit, void *arg)
@@ -96,7 +98,6 @@ Context_traverse(Context *self, visitproc visit, void *arg)
     Py_VISIT(self->received_at);
     Py_VISIT(self->times);
     Py_VISIT(self->time_forms);
-    Py_VISIT(self->sha256);
     return 0;
 }
 
@@ -106,7 +107,6 @@ Context_clear(Context *self)
     Py_CLEAR(self->received_at);
     Py_CLEAR(self->times);
     Py_CLEAR(self->time_forms);
-    Py_CLEAR(self->sha256);
     Py_CLEAR(self->timed);
     Py_CLEAR(self->untimed);
     return 0;
@@ -118,8 +118,9 @@ Context_dealloc(Context *self)
     PyObject_GC_UnTrack(self);
     Context_clear(self);
     PyMem_Free(self->buffer);
-    PyMem_Free(self->copy);
-    PyMem_Free(self->payload);
+    Py_XDECREF(self->copy);
+    EVP_MD_CTX_free(self->hashing);
+    EVP_MD_free(self->sha256);
     PyMem_Free(self->seen);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -127,15 +128,14 @@ Context_dealloc(Context *self)
 static int
 Context_init(Context *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"max_text_bytes", "fixed_size", "time_forms", "currencies",
-                             "sha256", NULL};
+    static char *kwlist[] = {"max_text_bytes", "fixed_size", "time_forms", "currencies", NULL};
     Py_ssize_t max_text_bytes = -1, fixed_size = -1;
-    PyObject *time_forms = NULL, *currencies = NULL, *sha256 = NULL;
+    PyObject *time_forms = NULL, *currencies = NULL;
     /* Keyword-only arguments are optional ones to this parser: absent ones are refused below. */
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$nnOOO", kwlist, &max_text_bytes,
-                                     &fixed_size, &time_forms, &currencies, &sha256))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$nnOO", kwlist, &max_text_bytes,
+                                     &fixed_size, &time_forms, &currencies))
         return -1;
-    if (time_forms == NULL || currencies == NULL || sha256 == NULL) {
+    if (time_forms == NULL || currencies == NULL) {
         PyErr_SetString(PyExc_TypeError, "Rows() takes every keyword argument");
         return -1;
     }
@@ -173,8 +173,14 @@ Context_init(Context *self, PyObject *args, PyObject *kwds)
         return -1;
     Py_INCREF(time_forms);
     Py_XSETREF(self->time_forms, time_forms);
-    Py_INCREF(sha256);
-    Py_XSETREF(self->sha256, sha256);
+    if (self->sha256 == NULL && (self->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL)) == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL has no SHA256");
+        return -1;
+    }
+    if (self->hashing == NULL && (self->hashing = EVP_MD_CTX_new()) == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
     Py_XSETREF(self->timed, PyUnicode_InternFromString(ENCODING_TIMED));
     Py_XSETREF(self->untimed, PyUnicode_InternFromString(ENCODING_UNTIMED));
     if (self->timed == NULL || self->untimed == NULL)
@@ -350,7 +356,26 @@ read_text(const unsigned char *v, Py_ssize_t len, Py_ssize_t *pos, Py_ssize_t li
     text->n = (Py_ssize_t)n;
     text->ascii = 1;
     Py_ssize_t i = 0;
-    /* ASCII words first: control bytes other than tab, LF and CR are refused. */
+#ifdef __SSE2__
+    /* ASCII blocks of 16 bytes first, where the processor has SSE2 (every x86-64). */
+    const __m128i below = _mm_set1_epi8(0x20), del = _mm_set1_epi8(0x7F);
+    for (; i + 16 <= n; i += 16) {
+        __m128i w = _mm_loadu_si128((const __m128i *)(p + i));
+        if (_mm_movemask_epi8(w))
+            break; /* a non-ASCII byte: the words and bytes below take it */
+        int control = _mm_movemask_epi8(_mm_cmplt_epi8(w, below));
+        if (control) {
+            __m128i allowed = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(w, _mm_set1_epi8('\t')),
+                             _mm_cmpeq_epi8(w, _mm_set1_epi8('\n'))),
+                _mm_cmpeq_epi8(w, _mm_set1_epi8('\r')));
+            control &= ~_mm_movemask_epi8(allowed);
+        }
+        if (control | _mm_movemask_epi8(_mm_cmpeq_epi8(w, del)))
+            return NOT_CLEAN;
+    }
+#endif
+    /* ASCII words: control bytes other than tab, LF and CR are refused. */
     for (; i + 8 <= n; i += 8) {
         uint64_t w = load64(p + i);
         if (w & HIGH)
@@ -403,6 +428,29 @@ escape(const Text *text, char *out)
     Py_ssize_t n = text->n, i = 0;
     *o++ = '"';
     while (i < n) {
+#ifdef __SSE2__
+        /* Blocks of 16 bytes that need no escape: no control byte, quote, backslash
+         * or non-ASCII byte (those compare below 0x20 as signed bytes). A block is
+         * copied whole and the output advanced to its first byte that needs one:
+         * 6 * n + 2 bytes of room cover that. */
+        const __m128i below = _mm_set1_epi8(0x20), quote = _mm_set1_epi8('"'),
+                      backslash = _mm_set1_epi8('\\');
+        while (i + 16 <= n) {
+            __m128i w = _mm_loadu_si128((const __m128i *)(p + i));
+            int special = _mm_movemask_epi8(_mm_or_si128(
+                _mm_cmplt_epi8(w, below),
+                _mm_or_si128(_mm_cmpeq_epi8(w, quote), _mm_cmpeq_epi8(w, backslash))));
+            _mm_storeu_si128((__m128i *)o, w);
+            if (special) {
+                int clean = __builtin_ctz((unsigned)special);
+                o += clean;
+                i += clean;
+                break;
+            }
+            o += 16;
+            i += 16;
+        }
+#endif
         /* Whole words that need no escape: no control byte, quote, backslash or
          * non-ASCII byte. */
         while (i + 8 <= n) {
@@ -544,6 +592,63 @@ time_forms(Context *ctx, int64_t millis)
     return forms;
 }
 
+/* ---------------------------------------------------------------- text in pieces */
+
+/* A text written out or hashed as a run of pieces: the JSON texts of a row are its
+ * escaped fields between literals, and are never copied together just to be hashed. */
+typedef struct {
+    const char *p;
+    Py_ssize_t n;
+} Piece;
+
+#define LITERAL(s) {(s), (Py_ssize_t)(sizeof(s) - 1)}
+#define PIECES(array) (sizeof(array) / sizeof *(array))
+#define DIGEST_BYTES 32
+
+static Py_ssize_t
+pieces_len(const Piece *pieces, size_t count)
+{
+    Py_ssize_t n = 0;
+    for (size_t k = 0; k < count; k++)
+        n += pieces[k].n;
+    return n;
+}
+
+static char *
+put_pieces(char *o, const Piece *pieces, size_t count)
+{
+    for (size_t k = 0; k < count; k++) {
+        memcpy(o, pieces[k].p, (size_t)pieces[k].n);
+        o += pieces[k].n;
+    }
+    return o;
+}
+
+/* SHA-256 of the pieces' text, as hashlib.sha256 (the same OpenSSL) gives it; -1 with
+ * an exception if OpenSSL fails. */
+static int
+hash_pieces(Context *ctx, const Piece *pieces, size_t count, unsigned char *digest)
+{
+    unsigned int size = 0;
+    int ok = EVP_DigestInit_ex(ctx->hashing, ctx->sha256, NULL);
+    for (size_t k = 0; ok && k < count; k++)
+        ok = EVP_DigestUpdate(ctx->hashing, pieces[k].p, (size_t)pieces[k].n);
+    if (ok && EVP_DigestFinal_ex(ctx->hashing, digest, &size) && size == DIGEST_BYTES)
+        return 0;
+    PyErr_SetString(PyExc_RuntimeError, "OpenSSL could not hash the canonical text");
+    return -1;
+}
+
+/* The digest as hexdigest() writes it: 64 lower-case hex digits. */
+static void
+hex_of(const unsigned char *digest, char *hex)
+{
+    for (int i = 0; i < DIGEST_BYTES; i++) {
+        hex[2 * i] = HEX[digest[i] >> 4];
+        hex[2 * i + 1] = HEX[digest[i] & 0xF];
+    }
+}
+
 /* ---------------------------------------------------------------- binary COPY */
 
 /* PostgreSQL's binary COPY: a signature, flags and header extension length, then per
@@ -553,10 +658,30 @@ static const char COPY_SIGNATURE[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
 #define COPY_FIELDS 14
 #define PG_EPOCH_MICROS INT64_C(946684800000000) /* 2000-01-01 in Unix microseconds */
 
+/* The COPY data is written straight into the bytes object copy() returns, made as
+ * large as the last poll's with a quarter to spare, and grown like reserve()'s
+ * buffers when that is short: no copy of a poll's megabytes at the end. */
 static int
 copy_reserve(Context *ctx, Py_ssize_t more)
 {
-    return reserve(&ctx->copy, &ctx->copy_capacity, ctx->copy_len + more);
+    Py_ssize_t needed = ctx->copy_len + more;
+    if (needed <= ctx->copy_capacity)
+        return 0;
+    Py_ssize_t grown = ctx->copy == NULL && ctx->copy_last + ctx->copy_last / 4 >= needed
+                           ? ctx->copy_last + ctx->copy_last / 4
+                           : needed * 2 + 65536;
+    if (ctx->copy == NULL)
+        ctx->copy = PyBytes_FromStringAndSize(NULL, grown);
+    else if (_PyBytes_Resize(&ctx->copy, grown) < 0)
+        ctx->copy = NULL; /* _PyBytes_Resize freed it */
+    ctx->copy_capacity = ctx->copy == NULL ? 0 : grown;
+    return ctx->copy == NULL ? -1 : 0;
+}
+
+static inline char *
+copy_data(Context *ctx)
+{
+    return PyBytes_AS_STRING(ctx->copy);
 }
 
 static inline char *
@@ -607,8 +732,8 @@ utf8_of(PyObject *value, Py_ssize_t *n)
 /* A row's tuple in binary COPY, in _COPY_POSTGRESQL's columns: status, attempts,
  * then the row's twelve. */
 static int
-copy_row(Context *ctx, const Text *id, const char *hash, Py_ssize_t hash_len,
-         const char *payload, Py_ssize_t payload_len, Py_ssize_t request_bytes,
+copy_row(Context *ctx, const Text *id, const char *hash, const Piece *payload,
+         size_t payload_pieces, Py_ssize_t payload_len, Py_ssize_t request_bytes,
          int has_event_time, int64_t event_micros, PyObject *topic_obj, PyObject *partition,
          PyObject *offset, PyObject *key, int timed)
 {
@@ -633,18 +758,18 @@ copy_row(Context *ctx, const Text *id, const char *hash, Py_ssize_t hash_len,
         }
         key_len = PyBytes_GET_SIZE(key);
     }
-    Py_ssize_t size = 2 + COPY_FIELDS * 4 + 7 /* pending */ + 4 + id->n + hash_len +
+    Py_ssize_t size = 2 + COPY_FIELDS * 4 + 7 /* pending */ + 4 + id->n + 2 * DIGEST_BYTES +
                       payload_len + 4 + 8 + 8 + topic_len + 4 + 8 + key_len + encoding_len;
     if (copy_reserve(ctx, size))
         return -1;
-    char *o = ctx->copy + ctx->copy_len;
+    char *o = copy_data(ctx) + ctx->copy_len;
     *o++ = 0;
     *o++ = COPY_FIELDS;
     o = put_field(o, "pending", 7);
     o = put_be32(put_be32(o, 4), 0);  /* attempts */
     o = put_field(o, (const char *)id->p, id->n);
-    o = put_field(o, hash, hash_len);
-    o = put_field(o, payload, payload_len);
+    o = put_field(o, hash, 2 * DIGEST_BYTES);
+    o = put_pieces(put_be32(o, (uint32_t)payload_len), payload, payload_pieces);
     o = put_be32(put_be32(o, 4), (uint32_t)request_bytes);
     o = put_be64(put_be32(o, 8), (uint64_t)ctx->pg_received_at);
     o = has_event_time ? put_be64(put_be32(o, 8), (uint64_t)event_micros) : put_null(o);
@@ -654,26 +779,19 @@ copy_row(Context *ctx, const Text *id, const char *hash, Py_ssize_t hash_len,
     o = key != Py_None ? put_field(o, PyBytes_AS_STRING(key), key_len) : put_null(o);
     o = put_null(o);  /* source_value: rebuilt from the payload */
     o = put_field(o, encoding, encoding_len);
-    ctx->copy_len = o - ctx->copy;
+    ctx->copy_len = o - copy_data(ctx);
     return 0;
 }
 
-/* copy(): whether a content hash (64 hex digits) came earlier in the poll; records it
- * if not. Hashes are told apart by their first 64 bits: two that share them count as
- * one pair, which only sends the poll through rows(). -1 on a malformed hash. */
+/* copy(): whether a content hash came earlier in the poll; records it if not. Hashes
+ * are told apart by their first 64 bits: two that share them count as one pair, which
+ * only sends the poll through rows(). */
 static int
-seen_before(Context *ctx, const char *hash, Py_ssize_t hash_len)
+seen_before(Context *ctx, const unsigned char *digest)
 {
-    if (hash_len != 64)
-        return -1;
     uint64_t bits = 0;
-    for (int i = 0; i < 16; i++) {
-        char c = hash[i];
-        int digit = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-        if (digit < 0)
-            return -1;
-        bits = bits << 4 | (uint64_t)digit;
-    }
+    for (int i = 0; i < 8; i++)
+        bits = bits << 8 | digest[i];
     if (bits == 0)
         bits = 1;
     for (Py_ssize_t slot = (Py_ssize_t)(bits & (uint64_t)ctx->seen_mask);;
@@ -686,15 +804,6 @@ seen_before(Context *ctx, const char *hash, Py_ssize_t hash_len)
         }
     }
 }
-
-static inline char *
-put(char *o, const char *s, Py_ssize_t n)
-{
-    memcpy(o, s, (size_t)n);
-    return o + n;
-}
-
-#define PUT_LITERAL(o, s) put((o), (s), (Py_ssize_t)(sizeof(s) - 1))
 
 /* One record's row (a new reference), Py_None (a new reference) when the Python
  * path must take it, NULL on failure. With copy_only, no row: the record's COPY tuple
@@ -843,89 +952,48 @@ row_of(Context *ctx, PyObject *message, int copy_only)
         currency_len = 5;
     }
     if (has_date) {
-        snprintf(date_json, sizeof date_json, "\"%04d-%02d-%02d\"", (int)year, month, day);
+        /* "YYYY-MM-DD": the year is 1990 to 2100 (checked above). */
+        char *d = date_json;
+        *d++ = '"';
+        for (int64_t scale = 1000; scale; scale /= 10)
+            *d++ = (char)('0' + year / scale % 10);
+        *d++ = '-';
+        *d++ = (char)('0' + month / 10);
+        *d++ = (char)('0' + month % 10);
+        *d++ = '-';
+        *d++ = (char)('0' + day / 10);
+        *d++ = (char)('0' + day % 10);
+        *d++ = '"';
         date_len = 12;
     }
 
-    /* The payload, as Invoice.row_forms writes it. */
-    Py_ssize_t fields = id_len + supplier_len + description_len + amount_len + currency_len +
-                        date_len + text_len;
-    Py_ssize_t payload_len = fields + time_json_len +
-                             (Py_ssize_t)sizeof("{\"invoice_id\":,\"supplier\":,\"description\":,"
-                                                "\"amount\":,\"currency\":,\"invoice_date\":,"
-                                                "\"raw_text\":,\"event_time\":}") - 1;
-    PyObject *payload = NULL;
-    char *payload_data;
-    if (copy_only) {
-        if (reserve(&ctx->payload, &ctx->payload_capacity, payload_len))
-            goto failed;
-        payload_data = ctx->payload;
-    }
-    else {
-        payload = PyUnicode_New(payload_len, 127);
-        if (payload == NULL)
-            goto failed;
-        payload_data = (char *)PyUnicode_1BYTE_DATA(payload);
-    }
-    char *o = payload_data;
-    o = PUT_LITERAL(o, "{\"invoice_id\":");
-    o = put(o, b, id_len);
-    o = PUT_LITERAL(o, ",\"supplier\":");
-    o = put(o, supplier_json, supplier_len);
-    o = PUT_LITERAL(o, ",\"description\":");
-    o = put(o, description_json, description_len);
-    o = PUT_LITERAL(o, ",\"amount\":");
-    o = put(o, amount_json, amount_len);
-    o = PUT_LITERAL(o, ",\"currency\":");
-    o = put(o, currency_json, currency_len);
-    o = PUT_LITERAL(o, ",\"invoice_date\":");
-    o = put(o, date_json, date_len);
-    o = PUT_LITERAL(o, ",\"raw_text\":");
-    o = put(o, text_json, text_len);
-    o = PUT_LITERAL(o, ",\"event_time\":");
-    o = put(o, time_json, time_json_len);
-    *o++ = '}';
-    assert(o - payload_data == payload_len);
-
-    /* The canonical text (sorted keys, no event_time), hashed. */
-    Py_ssize_t canonical_len = fields + (Py_ssize_t)sizeof(
-                                            "{\"amount\":,\"currency\":,\"description\":,"
-                                            "\"invoice_date\":,\"invoice_id\":,\"raw_text\":,"
-                                            "\"supplier\":}") - 1;
-    PyObject *canonical = PyBytes_FromStringAndSize(NULL, canonical_len);
-    if (canonical == NULL) {
-        Py_XDECREF(payload);
+    /* The payload, as Invoice.row_forms writes it, and the canonical text (sorted keys,
+     * no event_time), which is hashed: both as pieces, never copied together. */
+    const Piece payload_pieces[] = {
+        LITERAL("{\"invoice_id\":"), {b, id_len},
+        LITERAL(",\"supplier\":"), {supplier_json, supplier_len},
+        LITERAL(",\"description\":"), {description_json, description_len},
+        LITERAL(",\"amount\":"), {amount_json, amount_len},
+        LITERAL(",\"currency\":"), {currency_json, currency_len},
+        LITERAL(",\"invoice_date\":"), {date_json, date_len},
+        LITERAL(",\"raw_text\":"), {text_json, text_len},
+        LITERAL(",\"event_time\":"), {time_json, time_json_len},
+        LITERAL("}"),
+    };
+    const Piece canonical[] = {
+        LITERAL("{\"amount\":"), {amount_json, amount_len},
+        LITERAL(",\"currency\":"), {currency_json, currency_len},
+        LITERAL(",\"description\":"), {description_json, description_len},
+        LITERAL(",\"invoice_date\":"), {date_json, date_len},
+        LITERAL(",\"invoice_id\":"), {b, id_len},
+        LITERAL(",\"raw_text\":"), {text_json, text_len},
+        LITERAL(",\"supplier\":"), {supplier_json, supplier_len},
+        LITERAL("}"),
+    };
+    Py_ssize_t payload_len = pieces_len(payload_pieces, PIECES(payload_pieces));
+    unsigned char digest[DIGEST_BYTES];
+    if (hash_pieces(ctx, canonical, PIECES(canonical), digest))
         goto failed;
-    }
-    o = PyBytes_AS_STRING(canonical);
-    o = PUT_LITERAL(o, "{\"amount\":");
-    o = put(o, amount_json, amount_len);
-    o = PUT_LITERAL(o, ",\"currency\":");
-    o = put(o, currency_json, currency_len);
-    o = PUT_LITERAL(o, ",\"description\":");
-    o = put(o, description_json, description_len);
-    o = PUT_LITERAL(o, ",\"invoice_date\":");
-    o = put(o, date_json, date_len);
-    o = PUT_LITERAL(o, ",\"invoice_id\":");
-    o = put(o, b, id_len);
-    o = PUT_LITERAL(o, ",\"raw_text\":");
-    o = put(o, text_json, text_len);
-    o = PUT_LITERAL(o, ",\"supplier\":");
-    o = put(o, supplier_json, supplier_len);
-    *o++ = '}';
-    assert(o - PyBytes_AS_STRING(canonical) == canonical_len);
-    PyObject *hash = PyObject_CallOneArg(ctx->sha256, canonical);
-    Py_DECREF(canonical);
-    if (hash == NULL) {
-        Py_XDECREF(payload);
-        goto failed;
-    }
-    PyObject *content_hash = PyObject_CallMethodNoArgs(hash, str_hexdigest);
-    Py_DECREF(hash);
-    if (content_hash == NULL) {
-        Py_XDECREF(payload);
-        goto failed;
-    }
 
     /* request_size_bound: the prompt head's escaped length, line by line. */
     Py_ssize_t head = 12 + id_len;
@@ -942,37 +1010,39 @@ row_of(Context *ctx, PyObject *message, int copy_only)
     Py_ssize_t bound = ctx->fixed_size + head + (has_text ? 8 + text_len - 2 : 0);
 
     if (copy_only) {
-        Py_ssize_t hash_len;
-        const char *hash_data = utf8_of(content_hash, &hash_len);
-        int seen = hash_data == NULL ? -1 : seen_before(ctx, hash_data, hash_len);
-        if (seen != 0) {
-            Py_DECREF(content_hash);
-            if (seen < 0) {
-                if (!PyErr_Occurred())
-                    PyErr_SetString(PyExc_ValueError, "sha256 hexdigest is not 64 hex digits");
-                goto failed;
-            }
+        if (seen_before(ctx, digest))
             goto python;
-        }
+        char hex[2 * DIGEST_BYTES];
+        hex_of(digest, hex);
         PyObject *topic = PyObject_CallMethodNoArgs(message, str_topic);
         PyObject *partition = topic ? PyObject_CallMethodNoArgs(message, str_partition) : NULL;
         PyObject *offset = partition ? PyObject_CallMethodNoArgs(message, str_offset) : NULL;
         PyObject *key = offset ? PyObject_CallMethodNoArgs(message, str_key) : NULL;
         int written = key != NULL &&
-                      copy_row(ctx, &id, hash_data, hash_len, payload_data, payload_len, bound,
-                               forms != NULL, event_millis * 1000 - PG_EPOCH_MICROS, topic,
-                               partition, offset, key, has_time) == 0;
+                      copy_row(ctx, &id, hex, payload_pieces, PIECES(payload_pieces),
+                               payload_len, bound, forms != NULL,
+                               event_millis * 1000 - PG_EPOCH_MICROS, topic, partition, offset,
+                               key, has_time) == 0;
         Py_XDECREF(topic);
         Py_XDECREF(partition);
         Py_XDECREF(offset);
         Py_XDECREF(key);
-        Py_DECREF(content_hash);
         if (!written)
             goto failed;
         Py_DECREF(value);
         Py_RETURN_TRUE;
     }
 
+    PyObject *payload = PyUnicode_New(payload_len, 127);
+    if (payload == NULL)
+        goto failed;
+    put_pieces((char *)PyUnicode_1BYTE_DATA(payload), payload_pieces, PIECES(payload_pieces));
+    PyObject *content_hash = PyUnicode_New(2 * DIGEST_BYTES, 127);
+    if (content_hash == NULL) {
+        Py_DECREF(payload);
+        goto failed;
+    }
+    hex_of(digest, (char *)PyUnicode_1BYTE_DATA(content_hash));
     PyObject *row = PyTuple_New(12);
     if (row == NULL) {
         Py_DECREF(payload);
@@ -1100,12 +1170,13 @@ Context_copy(Context *self, PyObject *messages)
         self->seen_mask = slots - 1;
     }
     memset(self->seen, 0, (size_t)(self->seen_mask + 1) * sizeof *self->seen);
-    self->copy_len = 0;
+    Py_CLEAR(self->copy); /* a poll given up on (None) or failed left its bytes */
+    self->copy_len = self->copy_capacity = 0;
     if (copy_reserve(self, sizeof COPY_SIGNATURE + 2)) {
         Py_DECREF(sequence);
         return NULL;
     }
-    memcpy(self->copy, COPY_SIGNATURE, sizeof COPY_SIGNATURE);
+    memcpy(copy_data(self), COPY_SIGNATURE, sizeof COPY_SIGNATURE);
     self->copy_len = sizeof COPY_SIGNATURE;
     PyObject **items = PySequence_Fast_ITEMS(sequence);
     PyObject *outcome = Py_True;
@@ -1123,9 +1194,17 @@ Context_copy(Context *self, PyObject *messages)
         Py_RETURN_NONE;
     if (copy_reserve(self, 2))
         return NULL;
-    self->copy[self->copy_len++] = (char)0xFF;
-    self->copy[self->copy_len++] = (char)0xFF;
-    return PyBytes_FromStringAndSize(self->copy, self->copy_len);
+    copy_data(self)[self->copy_len++] = (char)0xFF;
+    copy_data(self)[self->copy_len++] = (char)0xFF;
+    self->copy_last = self->copy_len;
+    if (_PyBytes_Resize(&self->copy, self->copy_len) < 0) {
+        self->copy = NULL;
+        return NULL;
+    }
+    PyObject *data = self->copy; /* handed over: the next poll makes its own */
+    self->copy = NULL;
+    self->copy_capacity = 0;
+    return data;
 }
 
 static PyMethodDef Context_methods[] = {
@@ -1136,10 +1215,10 @@ static PyMethodDef Context_methods[] = {
 };
 
 PyDoc_STRVAR(Context_doc,
-"Rows(*, max_text_bytes, fixed_size, time_forms, currencies, sha256)\n--\n\n"
+"Rows(*, max_text_bytes, fixed_size, time_forms, currencies)\n--\n\n"
 "A consumer's settings for rows(): the text cap, the request bytes besides the\n"
 "prompt, the function that gives an event time's (JSON isoformat, store form) from\n"
-"its milliseconds, the ISO 4217 codes and hashlib.sha256; the same for copy().\n"
+"its milliseconds and the ISO 4217 codes; the same for copy().\n"
 "Call start() at every poll; the buffers are kept from one poll to the next.");
 
 static PyTypeObject ContextType = {
@@ -1175,7 +1254,6 @@ PyInit__avro_rows(void)
     INTERN(str_partition, "partition");
     INTERN(str_offset, "offset");
     INTERN(str_key, "key");
-    INTERN(str_hexdigest, "hexdigest");
 #undef INTERN
     if (PyType_Ready(&ContextType) < 0)
         return NULL;

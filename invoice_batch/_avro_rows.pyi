@@ -1,5 +1,4 @@
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
 from confluent_kafka import Message
 
@@ -13,7 +12,6 @@ class Rows:
         fixed_size: int,
         time_forms: Callable[[int], tuple[str, object]],
         currencies: Iterable[str],
-        sha256: Callable[[bytes], Any],
     ) -> None: ...
     def start(self, received_at: object, pg_copy_received_at: int = 0) -> None: ...
     def rows(self, messages: Sequence[Message]) -> list[PendingRow | None]: ...

@@ -343,5 +343,6 @@ def test_the_build_stage_compiles_the_extension_into_the_wheel() -> None:
     copied = {source.rstrip("/") for source in copy_sources(build)}
     assert "setup.py" in copied
     assert any("gcc" in run and "apt-get install" in run for run in runs)
+    assert any("libssl-dev" in run and "apt-get install" in run for run in runs)
     wheel_step = next(run for run in runs if "pip wheel --no-deps" in run)
     assert "_avro_rows" in wheel_step, "the build checks that the wheel holds the extension"

@@ -25,7 +25,8 @@ from invoice_batch.store.repository import PendingRow, Store, _copy_columns
 from tests.conftest import IN_CI
 
 pytestmark = pytest.mark.skipif(
-    not COMPILED and not IN_CI, reason="invoice_batch._avro_rows was not built (no C compiler)"
+    not COMPILED and not IN_CI,
+    reason="invoice_batch._avro_rows was not built (no C compiler or OpenSSL headers)",
 )
 
 MAX_TEXT = 2_000
