@@ -79,11 +79,12 @@ STORE_RETRY_SECONDS = 2.0
 # The interpreter's thread switch interval once the writer thread runs (default 5 ms).
 # The writer needs the GIL between statements, and on PostgreSQL after every 32 KB of
 # COPY data it sent; each time it waits up to an interval for the decoding thread.
-# With the default it stored a poll at half the speed. Since step 1 runs in C (letting
-# the writer in every 16 records) and PostgreSQL's COPY data comes ready from it,
-# 0.2 ms beats 50 µs, whose lock hand-overs cost more than they saved: ingest
-# 1.61-1.89 s against 1.66-2.15 on SQLite, 1.90-2.39 against 2.29-2.72 on PostgreSQL
-# (100,000 records, three runs each, alternating); 1 ms was slower on PostgreSQL.
+# With the default it stored a poll at half the speed. Since step 1 runs in C (which
+# lets go of the lock while it reads, escapes and hashes each record) and PostgreSQL's
+# COPY data comes ready from it, 0.2 ms beats 50 µs, whose lock hand-overs cost more
+# than they saved: ingest 1.61-1.89 s against 1.66-2.15 on SQLite, 1.90-2.39 against
+# 2.29-2.72 on PostgreSQL (100,000 records, three runs each, alternating); 1 ms was
+# slower on PostgreSQL.
 WRITER_SWITCH_INTERVAL = 0.0002
 # Polls in the writers at once on PostgreSQL. With one, the server stood idle through
 # every commit's WAL flush (a fifth of the time): 100,000 records took 1.91-2.09 s

@@ -32,6 +32,10 @@
  * once the record is read. It gives up (None) at the first record it cannot take,
  * or whose pair (its content hash, which covers the invoice id) came earlier in the
  * poll: the caller then takes the poll through rows().
+ *
+ * Reading, checking, escaping and hashing a record (parse_record) touch no Python
+ * object and run with the interpreter lock released: the store's writer thread binds
+ * and sends the previous poll meanwhile, where it used to wait for the lock.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -805,6 +809,143 @@ seen_before(Context *ctx, const unsigned char *digest)
     }
 }
 
+/* A clean record's fields, read, checked, escaped and hashed by parse_record. */
+typedef struct {
+    Text id, supplier, description, amount, currency, raw_text;
+    int has_amount, has_currency, has_date, has_text, has_time;
+    int64_t millis;
+    /* JSON of each field: the texts escaped in the scratch buffer, the rest here */
+    const char *id_json, *supplier_json, *description_json, *text_json;
+    Py_ssize_t id_len, supplier_len, description_len, text_len;
+    char amount_json[24], currency_json[8], date_json[16];
+    Py_ssize_t amount_len, currency_len, date_len;
+    unsigned char digest[DIGEST_BYTES]; /* of the canonical text */
+} Record;
+
+/* Read the raw value v into r: OK for a clean record, NOT_CLEAN for one the Python
+ * path must take, FAILED if OpenSSL fails to hash. It touches no Python object, so
+ * the caller runs it with the interpreter lock released (the store's writer thread
+ * binds and sends meanwhile). The scratch buffer must hold 6 * len + 64 bytes: the
+ * value's texts escaped. */
+static Outcome
+parse_record(Context *ctx, const unsigned char *v, Py_ssize_t len, Record *r)
+{
+    int present;
+    int64_t days = 0, year = 0;
+    int month = 0, day = 0;
+    Py_ssize_t pos = 0, limit = ctx->max_text_bytes;
+    r->has_amount = r->has_currency = r->has_date = r->has_text = r->has_time = 0;
+    r->millis = 0;
+    if (read_text(v, len, &pos, limit, &r->id) || read_text(v, len, &pos, limit, &r->supplier) ||
+        read_text(v, len, &pos, limit, &r->description))
+        return NOT_CLEAN;
+    if (read_union(v, len, &pos, &present))
+        return NOT_CLEAN;
+    if (present && (r->has_amount = 1, read_text(v, len, &pos, limit, &r->amount)))
+        return NOT_CLEAN;
+    if (read_union(v, len, &pos, &present))
+        return NOT_CLEAN;
+    if (present && (r->has_currency = 1, read_text(v, len, &pos, limit, &r->currency)))
+        return NOT_CLEAN;
+    if (read_union(v, len, &pos, &present))
+        return NOT_CLEAN;
+    if (present && (r->has_date = 1, read_long(v, len, &pos, &days)))
+        return NOT_CLEAN;
+    if (read_union(v, len, &pos, &present))
+        return NOT_CLEAN;
+    if (present && (r->has_text = 1, read_text(v, len, &pos, limit, &r->raw_text)))
+        return NOT_CLEAN;
+    if (read_union(v, len, &pos, &present))
+        return NOT_CLEAN;
+    if (present && (r->has_time = 1, read_long(v, len, &pos, &r->millis)))
+        return NOT_CLEAN;
+    if (pos != len)
+        return NOT_CLEAN;
+    /* validate_invoice's rules, for values that pass them unchanged. */
+    if (r->id.n == 0 || r->id.chars > MAX_INVOICE_ID_CHARS)
+        return NOT_CLEAN;
+    if (r->has_text && r->raw_text.n == 0)
+        return NOT_CLEAN;
+    if (r->supplier.n == 0 && r->description.n == 0 && !r->has_text)
+        return NOT_CLEAN;
+    if (r->has_amount && !plain_amount(&r->amount))
+        return NOT_CLEAN;
+    if (!r->has_amount && !r->has_text)
+        return NOT_CLEAN;
+    if (r->has_currency && !known_currency(ctx, &r->currency))
+        return NOT_CLEAN;
+    if (r->has_amount && !r->has_currency)
+        return NOT_CLEAN;
+    if (r->has_date) {
+        if (days < -1000000 || days > 1000000)
+            return NOT_CLEAN;
+        civil_from_days(days, &year, &month, &day);
+        if (year < 1990 || year > 2100)
+            return NOT_CLEAN;
+    }
+
+    /* Escape each text once into the scratch buffer. */
+    char *b = ctx->buffer;
+    r->id_json = b;
+    r->id_len = escape(&r->id, b);
+    r->supplier_json = r->id_json + r->id_len;
+    r->supplier_len = escape(&r->supplier, b + r->id_len);
+    r->description_json = r->supplier_json + r->supplier_len;
+    r->description_len = escape(&r->description, (char *)r->description_json);
+    char *text_json = (char *)r->description_json + r->description_len;
+    r->text_json = text_json;
+    if (r->has_text)
+        r->text_len = escape(&r->raw_text, text_json);
+    else {
+        memcpy(text_json, "null", 4);
+        r->text_len = 4;
+    }
+    r->amount_len = r->currency_len = r->date_len = 4;
+    memcpy(r->amount_json, "null", 4);
+    memcpy(r->currency_json, "null", 4);
+    memcpy(r->date_json, "null", 4);
+    if (r->has_amount) {
+        r->amount_json[0] = '"';
+        memcpy(r->amount_json + 1, r->amount.p, (size_t)r->amount.n);
+        r->amount_json[r->amount.n + 1] = '"';
+        r->amount_len = r->amount.n + 2;
+    }
+    if (r->has_currency) {
+        r->currency_json[0] = '"';
+        memcpy(r->currency_json + 1, r->currency.p, 3);
+        r->currency_json[4] = '"';
+        r->currency_len = 5;
+    }
+    if (r->has_date) {
+        /* "YYYY-MM-DD": the year is 1990 to 2100 (checked above). */
+        char *d = r->date_json;
+        *d++ = '"';
+        for (int64_t scale = 1000; scale; scale /= 10)
+            *d++ = (char)('0' + year / scale % 10);
+        *d++ = '-';
+        *d++ = (char)('0' + month / 10);
+        *d++ = (char)('0' + month % 10);
+        *d++ = '-';
+        *d++ = (char)('0' + day / 10);
+        *d++ = (char)('0' + day % 10);
+        *d++ = '"';
+        r->date_len = 12;
+    }
+
+    /* The canonical text (sorted keys, no event_time), hashed in pieces. */
+    const Piece canonical[] = {
+        LITERAL("{\"amount\":"), {r->amount_json, r->amount_len},
+        LITERAL(",\"currency\":"), {r->currency_json, r->currency_len},
+        LITERAL(",\"description\":"), {r->description_json, r->description_len},
+        LITERAL(",\"invoice_date\":"), {r->date_json, r->date_len},
+        LITERAL(",\"invoice_id\":"), {r->id_json, r->id_len},
+        LITERAL(",\"raw_text\":"), {r->text_json, r->text_len},
+        LITERAL(",\"supplier\":"), {r->supplier_json, r->supplier_len},
+        LITERAL("}"),
+    };
+    return hash_pieces(ctx, canonical, PIECES(canonical), r->digest) ? FAILED : OK;
+}
+
 /* One record's row (a new reference), Py_None (a new reference) when the Python
  * path must take it, NULL on failure. With copy_only, no row: the record's COPY tuple
  * is written and Py_True returned, or Py_None when its pair came earlier in the poll
@@ -821,61 +962,25 @@ row_of(Context *ctx, PyObject *message, int copy_only)
     }
     const unsigned char *v = (const unsigned char *)PyBytes_AS_STRING(value);
     Py_ssize_t len = PyBytes_GET_SIZE(value);
-    Text id, supplier, description, amount, currency, raw_text;
-    int has_amount = 0, has_currency = 0, has_date = 0, has_text = 0, has_time = 0, present;
-    int64_t days = 0, millis = 0, year = 0;
-    int month = 0, day = 0;
-    Py_ssize_t pos = 0, limit = ctx->max_text_bytes;
     /* As the codec: empty, oversized and framed values go the general way. */
     if (len == 0 || len > ctx->max_value_bytes || v[0] == 0 || (len >= 2 && v[0] == 0xC3 && v[1] == 0x01))
         goto python;
-    if (read_text(v, len, &pos, limit, &id) || read_text(v, len, &pos, limit, &supplier) ||
-        read_text(v, len, &pos, limit, &description))
-        goto python;
-    if (read_union(v, len, &pos, &present))
-        goto python;
-    if (present && (has_amount = 1, read_text(v, len, &pos, limit, &amount)))
-        goto python;
-    if (read_union(v, len, &pos, &present))
-        goto python;
-    if (present && (has_currency = 1, read_text(v, len, &pos, limit, &currency)))
-        goto python;
-    if (read_union(v, len, &pos, &present))
-        goto python;
-    if (present && (has_date = 1, read_long(v, len, &pos, &days)))
-        goto python;
-    if (read_union(v, len, &pos, &present))
-        goto python;
-    if (present && (has_text = 1, read_text(v, len, &pos, limit, &raw_text)))
-        goto python;
-    if (read_union(v, len, &pos, &present))
-        goto python;
-    if (present && (has_time = 1, read_long(v, len, &pos, &millis)))
-        goto python;
-    if (pos != len)
-        goto python;
-    /* validate_invoice's rules, for values that pass them unchanged. */
-    if (id.n == 0 || id.chars > MAX_INVOICE_ID_CHARS)
-        goto python;
-    if (has_text && raw_text.n == 0)
-        goto python;
-    if (supplier.n == 0 && description.n == 0 && !has_text)
-        goto python;
-    if (has_amount && !plain_amount(&amount))
-        goto python;
-    if (!has_amount && !has_text)
-        goto python;
-    if (has_currency && !known_currency(ctx, &currency))
-        goto python;
-    if (has_amount && !has_currency)
-        goto python;
-    if (has_date) {
-        if (days < -1000000 || days > 1000000)
-            goto python;
-        civil_from_days(days, &year, &month, &day);
-        if (year < 1990 || year > 2100)
-            goto python;
+    /* Its texts are shorter than the value: room for them escaped. */
+    if (reserve(&ctx->buffer, &ctx->capacity, 6 * len + 64))
+        goto failed;
+    Record record, *r = &record;
+    Outcome parsed;
+    Py_BEGIN_ALLOW_THREADS
+    parsed = parse_record(ctx, v, len, r);
+    Py_END_ALLOW_THREADS
+    if (parsed == FAILED) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL could not hash the canonical text");
+        goto failed;
     }
+    if (parsed != OK)
+        goto python;
+    int has_time = r->has_time, has_text = r->has_text;
+    int64_t millis = r->millis;
 
     /* The event time: the value's own, else the record's timestamp. */
     PyObject *forms = NULL;
@@ -918,96 +1023,34 @@ row_of(Context *ctx, PyObject *message, int copy_only)
         event_time_db = PyTuple_GET_ITEM(forms, 1);
     }
 
-    /* Escape each text once into the scratch buffer. */
-    Py_ssize_t texts = id.n + supplier.n + description.n + (has_text ? raw_text.n : 0);
-    if (reserve(&ctx->buffer, &ctx->capacity, 6 * texts + 64))
-        goto failed;
-    char *b = ctx->buffer;
-    Py_ssize_t id_len = escape(&id, b);
-    char *supplier_json = b + id_len;
-    Py_ssize_t supplier_len = escape(&supplier, supplier_json);
-    char *description_json = supplier_json + supplier_len;
-    Py_ssize_t description_len = escape(&description, description_json);
-    char *text_json = description_json + description_len;
-    Py_ssize_t text_len = has_text ? escape(&raw_text, text_json) : 0;
-    if (!has_text) {
-        memcpy(text_json, "null", 4);
-        text_len = 4;
-    }
-    char amount_json[24], currency_json[8], date_json[16];
-    Py_ssize_t amount_len = 4, currency_len = 4, date_len = 4;
-    memcpy(amount_json, "null", 4);
-    memcpy(currency_json, "null", 4);
-    memcpy(date_json, "null", 4);
-    if (has_amount) {
-        amount_json[0] = '"';
-        memcpy(amount_json + 1, amount.p, (size_t)amount.n);
-        amount_json[amount.n + 1] = '"';
-        amount_len = amount.n + 2;
-    }
-    if (has_currency) {
-        currency_json[0] = '"';
-        memcpy(currency_json + 1, currency.p, 3);
-        currency_json[4] = '"';
-        currency_len = 5;
-    }
-    if (has_date) {
-        /* "YYYY-MM-DD": the year is 1990 to 2100 (checked above). */
-        char *d = date_json;
-        *d++ = '"';
-        for (int64_t scale = 1000; scale; scale /= 10)
-            *d++ = (char)('0' + year / scale % 10);
-        *d++ = '-';
-        *d++ = (char)('0' + month / 10);
-        *d++ = (char)('0' + month % 10);
-        *d++ = '-';
-        *d++ = (char)('0' + day / 10);
-        *d++ = (char)('0' + day % 10);
-        *d++ = '"';
-        date_len = 12;
-    }
-
-    /* The payload, as Invoice.row_forms writes it, and the canonical text (sorted keys,
-     * no event_time), which is hashed: both as pieces, never copied together. */
+    /* The payload, as Invoice.row_forms writes it, in pieces. */
     const Piece payload_pieces[] = {
-        LITERAL("{\"invoice_id\":"), {b, id_len},
-        LITERAL(",\"supplier\":"), {supplier_json, supplier_len},
-        LITERAL(",\"description\":"), {description_json, description_len},
-        LITERAL(",\"amount\":"), {amount_json, amount_len},
-        LITERAL(",\"currency\":"), {currency_json, currency_len},
-        LITERAL(",\"invoice_date\":"), {date_json, date_len},
-        LITERAL(",\"raw_text\":"), {text_json, text_len},
+        LITERAL("{\"invoice_id\":"), {r->id_json, r->id_len},
+        LITERAL(",\"supplier\":"), {r->supplier_json, r->supplier_len},
+        LITERAL(",\"description\":"), {r->description_json, r->description_len},
+        LITERAL(",\"amount\":"), {r->amount_json, r->amount_len},
+        LITERAL(",\"currency\":"), {r->currency_json, r->currency_len},
+        LITERAL(",\"invoice_date\":"), {r->date_json, r->date_len},
+        LITERAL(",\"raw_text\":"), {r->text_json, r->text_len},
         LITERAL(",\"event_time\":"), {time_json, time_json_len},
         LITERAL("}"),
     };
-    const Piece canonical[] = {
-        LITERAL("{\"amount\":"), {amount_json, amount_len},
-        LITERAL(",\"currency\":"), {currency_json, currency_len},
-        LITERAL(",\"description\":"), {description_json, description_len},
-        LITERAL(",\"invoice_date\":"), {date_json, date_len},
-        LITERAL(",\"invoice_id\":"), {b, id_len},
-        LITERAL(",\"raw_text\":"), {text_json, text_len},
-        LITERAL(",\"supplier\":"), {supplier_json, supplier_len},
-        LITERAL("}"),
-    };
     Py_ssize_t payload_len = pieces_len(payload_pieces, PIECES(payload_pieces));
-    unsigned char digest[DIGEST_BYTES];
-    if (hash_pieces(ctx, canonical, PIECES(canonical), digest))
-        goto failed;
+    const unsigned char *digest = r->digest;
 
     /* request_size_bound: the prompt head's escaped length, line by line. */
-    Py_ssize_t head = 12 + id_len;
-    if (supplier.n)
-        head += 10 + supplier_len;
-    if (description.n)
-        head += 13 + description_len;
-    if (has_amount)
-        head += 10 + amount.n + (has_currency ? 1 + currency.n : 0);
-    else if (has_currency)
-        head += 12 + currency.n;
-    if (has_date)
+    Py_ssize_t head = 12 + r->id_len;
+    if (r->supplier.n)
+        head += 10 + r->supplier_len;
+    if (r->description.n)
+        head += 13 + r->description_len;
+    if (r->has_amount)
+        head += 10 + r->amount.n + (r->has_currency ? 1 + r->currency.n : 0);
+    else if (r->has_currency)
+        head += 12 + r->currency.n;
+    if (r->has_date)
         head += 16 + 10;
-    Py_ssize_t bound = ctx->fixed_size + head + (has_text ? 8 + text_len - 2 : 0);
+    Py_ssize_t bound = ctx->fixed_size + head + (has_text ? 8 + r->text_len - 2 : 0);
 
     if (copy_only) {
         if (seen_before(ctx, digest))
@@ -1019,7 +1062,7 @@ row_of(Context *ctx, PyObject *message, int copy_only)
         PyObject *offset = partition ? PyObject_CallMethodNoArgs(message, str_offset) : NULL;
         PyObject *key = offset ? PyObject_CallMethodNoArgs(message, str_key) : NULL;
         int written = key != NULL &&
-                      copy_row(ctx, &id, hex, payload_pieces, PIECES(payload_pieces),
+                      copy_row(ctx, &r->id, hex, payload_pieces, PIECES(payload_pieces),
                                payload_len, bound, forms != NULL,
                                event_millis * 1000 - PG_EPOCH_MICROS, topic, partition, offset,
                                key, has_time) == 0;
@@ -1049,7 +1092,7 @@ row_of(Context *ctx, PyObject *message, int copy_only)
         Py_DECREF(content_hash);
         goto failed;
     }
-    PyObject *invoice_id = PyUnicode_DecodeUTF8((const char *)id.p, id.n, "strict");
+    PyObject *invoice_id = PyUnicode_DecodeUTF8((const char *)r->id.p, r->id.n, "strict");
     PyObject *bound_obj = PyLong_FromSsize_t(bound);
     PyObject *topic = PyObject_CallMethodNoArgs(message, str_topic);
     PyObject *partition = PyObject_CallMethodNoArgs(message, str_partition);
@@ -1091,18 +1134,6 @@ PyDoc_STRVAR(rows_doc,
 "rows(messages)\n--\n\n"
 "For each message, its PendingRow, or None when the Python path must read it.");
 
-/* A poll takes milliseconds in rows() or copy(): every 16 records, let the store's
- * writer thread take the interpreter lock when it has asked for it, as between
- * bytecodes, so its statements keep the database busy meanwhile. */
-static inline void
-let_writers_in(Py_ssize_t record)
-{
-    if ((record & 15) == 15) {
-        Py_BEGIN_ALLOW_THREADS
-        Py_END_ALLOW_THREADS
-    }
-}
-
 /* A poll's messages as a fast sequence (a new reference); NULL, with an error, before
  * start() or when they are no sequence. */
 static PyObject *
@@ -1129,7 +1160,6 @@ Context_rows(Context *self, PyObject *messages)
     }
     PyObject **items = PySequence_Fast_ITEMS(sequence);
     for (Py_ssize_t i = 0; i < n; i++) {
-        let_writers_in(i);
         PyObject *row = row_of(self, items[i], 0);
         if (row == NULL) {
             Py_DECREF(result);
@@ -1181,7 +1211,6 @@ Context_copy(Context *self, PyObject *messages)
     PyObject **items = PySequence_Fast_ITEMS(sequence);
     PyObject *outcome = Py_True;
     for (Py_ssize_t i = 0; i < n && outcome == Py_True; i++) {
-        let_writers_in(i);
         outcome = row_of(self, items[i], 1);
         if (outcome == NULL) {
             Py_DECREF(sequence);
