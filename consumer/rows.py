@@ -115,6 +115,16 @@ class PollRows:
             return None
         return self._compiled.copy(messages)
 
+    def flat(self, messages: Sequence[Message]) -> list[object] | None:
+        """The poll's rows as one list of their values, row after row
+        (``Store.add_pending_flat``), when the compiled path takes every record and no
+        pair repeats within the poll; None otherwise, and always when ``pg_copy`` was
+        asked for (``copy`` is for that store). No row tuple is built, and the store's
+        writer has none to take apart."""
+        if self._compiled is None or self._pg_copy:
+            return None
+        return self._compiled.flat(messages)
+
     def python_row(self, message: Message) -> PendingRow:
         """The record's row; InvalidMessage when it is not a valid invoice."""
         value = message.value()

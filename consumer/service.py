@@ -130,14 +130,18 @@ class _Poll:
     # PostgreSQL: every record's row as binary COPY data, when the compiled path took
     # the whole poll (PollRows.copy).
     pg_copy: bytes | None = None
+    # SQLite: every record's row values in one list, likewise (PollRows.flat).
+    flat: list[object] | None = None
     write: Future[int] | None = field(default=None)
     # SQLite: the WAL's fsync after the write's commit, run while the next poll is written.
     synced: Future[None] | None = field(default=None)
 
     @property
     def offered(self) -> int:
-        """The rows offered to the store: every record's when it went as COPY data."""
-        return len(self.messages) if self.pg_copy is not None else len(self.rows)
+        """The rows offered to the store: every record's when it went as COPY data or
+        flat values."""
+        whole = self.pg_copy is not None or self.flat is not None
+        return len(self.messages) if whole else len(self.rows)
 
 
 class TooManyInvalid(Exception):
@@ -393,6 +397,10 @@ class ConsumerService:
         if copy is not None:
             guard.record_valid(len(messages))
             return _Poll(messages, [], 0, pg_copy=copy)
+        flat = poll_rows.flat(messages)
+        if flat is not None:
+            guard.record_valid(len(messages))
+            return _Poll(messages, [], 0, flat=flat)
         compiled = poll_rows.compiled(messages)
         if compiled is not None and None not in compiled:
             guard.record_valid(len(compiled))
@@ -424,9 +432,13 @@ class ConsumerService:
         the commit's fsync is handed to the syncer thread (``poll.synced``)."""
         if poll.pg_copy is not None:
             return self.store.add_pending_copy(poll.pg_copy)
-        if not self.store.syncs_apart:
-            return self.store.add_pending_rows(poll.rows)
-        accepted = self.store.add_pending_rows(poll.rows, sync=False)
+        sync = not self.store.syncs_apart
+        if poll.flat is not None:
+            accepted = self.store.add_pending_flat(poll.flat, sync=sync)
+        else:
+            accepted = self.store.add_pending_rows(poll.rows, sync=sync)
+        if sync:
+            return accepted
         if self._syncer is None:
             self._syncer = ThreadPoolExecutor(1, thread_name_prefix="store-syncer")
         poll.synced = self._syncer.submit(self.store.sync)

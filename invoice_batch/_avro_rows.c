@@ -75,6 +75,9 @@ typedef struct {
      * slot) in a table of seen_mask + 1 slots. */
     uint64_t *seen;
     Py_ssize_t seen_mask;
+    /* flat(): the poll's list of row values being filled, and how many are in it */
+    PyObject *flat;
+    Py_ssize_t flat_len;
 } Context;
 
 /* Three upper-case ASCII letters as a number below 26^3; -1 for anything else. */
@@ -946,12 +949,18 @@ parse_record(Context *ctx, const unsigned char *v, Py_ssize_t len, Record *r)
     return hash_pieces(ctx, canonical, PIECES(canonical), r->digest) ? FAILED : OK;
 }
 
+/* What row_of makes of a record: its row; its tuple in the COPY data; its row's
+ * values in the flat list. */
+typedef enum { AS_ROW, AS_COPY, AS_FLAT } Form;
+
+#define ROW_WIDTH 12
+
 /* One record's row (a new reference), Py_None (a new reference) when the Python
- * path must take it, NULL on failure. With copy_only, no row: the record's COPY tuple
- * is written and Py_True returned, or Py_None when its pair came earlier in the poll
- * (its tuple is not written). */
+ * path must take it, NULL on failure. AS_COPY and AS_FLAT build no row: the record's
+ * COPY tuple is written, or its row's values put in ctx->flat, and Py_True returned;
+ * or Py_None when its pair came earlier in the poll (nothing is written). */
 static PyObject *
-row_of(Context *ctx, PyObject *message, int copy_only)
+row_of(Context *ctx, PyObject *message, Form form)
 {
     PyObject *value = PyObject_CallMethodNoArgs(message, str_value);
     if (value == NULL)
@@ -1052,9 +1061,9 @@ row_of(Context *ctx, PyObject *message, int copy_only)
         head += 16 + 10;
     Py_ssize_t bound = ctx->fixed_size + head + (has_text ? 8 + r->text_len - 2 : 0);
 
-    if (copy_only) {
-        if (seen_before(ctx, digest))
-            goto python;
+    if (form != AS_ROW && seen_before(ctx, digest))
+        goto python;
+    if (form == AS_COPY) {
         char hex[2 * DIGEST_BYTES];
         hex_of(digest, hex);
         PyObject *topic = PyObject_CallMethodNoArgs(message, str_topic);
@@ -1086,40 +1095,46 @@ row_of(Context *ctx, PyObject *message, int copy_only)
         goto failed;
     }
     hex_of(digest, (char *)PyUnicode_1BYTE_DATA(content_hash));
-    PyObject *row = PyTuple_New(12);
-    if (row == NULL) {
-        Py_DECREF(payload);
-        Py_DECREF(content_hash);
-        goto failed;
-    }
-    PyObject *invoice_id = PyUnicode_DecodeUTF8((const char *)r->id.p, r->id.n, "strict");
-    PyObject *bound_obj = PyLong_FromSsize_t(bound);
-    PyObject *topic = PyObject_CallMethodNoArgs(message, str_topic);
-    PyObject *partition = PyObject_CallMethodNoArgs(message, str_partition);
-    PyObject *offset = PyObject_CallMethodNoArgs(message, str_offset);
-    PyObject *key = PyObject_CallMethodNoArgs(message, str_key);
     PyObject *encoding = has_time ? ctx->timed : ctx->untimed;
     Py_INCREF(ctx->received_at);
     Py_INCREF(event_time_db);
     Py_INCREF(Py_None);
     Py_INCREF(encoding);
-    PyTuple_SET_ITEM(row, 0, invoice_id);
-    PyTuple_SET_ITEM(row, 1, content_hash);
-    PyTuple_SET_ITEM(row, 2, payload);
-    PyTuple_SET_ITEM(row, 3, bound_obj);
-    PyTuple_SET_ITEM(row, 4, ctx->received_at);
-    PyTuple_SET_ITEM(row, 5, event_time_db);
-    PyTuple_SET_ITEM(row, 6, topic);
-    PyTuple_SET_ITEM(row, 7, partition);
-    PyTuple_SET_ITEM(row, 8, offset);
-    PyTuple_SET_ITEM(row, 9, key);
-    PyTuple_SET_ITEM(row, 10, Py_None);
-    PyTuple_SET_ITEM(row, 11, encoding);
+    PyObject *items[ROW_WIDTH] = {
+        PyUnicode_DecodeUTF8((const char *)r->id.p, r->id.n, "strict"),
+        content_hash,
+        payload,
+        PyLong_FromSsize_t(bound),
+        ctx->received_at,
+        event_time_db,
+        PyObject_CallMethodNoArgs(message, str_topic),
+        PyObject_CallMethodNoArgs(message, str_partition),
+        PyObject_CallMethodNoArgs(message, str_offset),
+        PyObject_CallMethodNoArgs(message, str_key),
+        Py_None,
+        encoding,
+    };
     Py_DECREF(value);
-    if (!invoice_id || !bound_obj || !topic || !partition || !offset || !key) {
-        Py_DECREF(row);
+    /* The row, or its values in place in the flat list (which owns them either way). */
+    PyObject *row = form == AS_ROW ? PyTuple_New(ROW_WIDTH) : NULL;
+    int complete = form == AS_FLAT || row != NULL;
+    for (int k = 0; k < ROW_WIDTH; k++) {
+        complete = complete && items[k] != NULL;
+        if (row != NULL)
+            PyTuple_SET_ITEM(row, k, items[k]);
+        else if (form == AS_FLAT)
+            PyList_SET_ITEM(ctx->flat, ctx->flat_len + k, items[k]);
+        else
+            Py_XDECREF(items[k]);
+    }
+    if (form == AS_FLAT)
+        ctx->flat_len += ROW_WIDTH;
+    if (!complete) {
+        Py_XDECREF(row);
         return NULL;
     }
+    if (form == AS_FLAT)
+        Py_RETURN_TRUE;
     return row;
 
 python:
@@ -1160,7 +1175,7 @@ Context_rows(Context *self, PyObject *messages)
     }
     PyObject **items = PySequence_Fast_ITEMS(sequence);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *row = row_of(self, items[i], 0);
+        PyObject *row = row_of(self, items[i], AS_ROW);
         if (row == NULL) {
             Py_DECREF(result);
             Py_DECREF(sequence);
@@ -1179,6 +1194,26 @@ PyDoc_STRVAR(copy_doc,
 "None when a record is left to the Python path or a pair repeats within them (rows()\n"
 "then takes the poll).");
 
+/* An empty table of content hashes for a poll of n records, at most half full. */
+static int
+reset_seen(Context *self, Py_ssize_t n)
+{
+    Py_ssize_t slots = 1024;
+    while (slots < 2 * n)
+        slots *= 2;
+    if (self->seen_mask + 1 < slots) {
+        uint64_t *seen = PyMem_Realloc(self->seen, (size_t)slots * sizeof *seen);
+        if (seen == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->seen = seen;
+        self->seen_mask = slots - 1;
+    }
+    memset(self->seen, 0, (size_t)(self->seen_mask + 1) * sizeof *self->seen);
+    return 0;
+}
+
 static PyObject *
 Context_copy(Context *self, PyObject *messages)
 {
@@ -1186,20 +1221,10 @@ Context_copy(Context *self, PyObject *messages)
     if (sequence == NULL)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
-    /* The hash table at most half full. */
-    Py_ssize_t slots = 1024;
-    while (slots < 2 * n)
-        slots *= 2;
-    if (self->seen_mask + 1 < slots) {
-        uint64_t *seen = PyMem_Realloc(self->seen, (size_t)slots * sizeof *seen);
-        if (seen == NULL) {
-            Py_DECREF(sequence);
-            return PyErr_NoMemory();
-        }
-        self->seen = seen;
-        self->seen_mask = slots - 1;
+    if (reset_seen(self, n)) {
+        Py_DECREF(sequence);
+        return NULL;
     }
-    memset(self->seen, 0, (size_t)(self->seen_mask + 1) * sizeof *self->seen);
     Py_CLEAR(self->copy); /* a poll given up on (None) or failed left its bytes */
     self->copy_len = self->copy_capacity = 0;
     if (copy_reserve(self, sizeof COPY_SIGNATURE + 2)) {
@@ -1211,7 +1236,7 @@ Context_copy(Context *self, PyObject *messages)
     PyObject **items = PySequence_Fast_ITEMS(sequence);
     PyObject *outcome = Py_True;
     for (Py_ssize_t i = 0; i < n && outcome == Py_True; i++) {
-        outcome = row_of(self, items[i], 1);
+        outcome = row_of(self, items[i], AS_COPY);
         if (outcome == NULL) {
             Py_DECREF(sequence);
             return NULL;
@@ -1236,10 +1261,48 @@ Context_copy(Context *self, PyObject *messages)
     return data;
 }
 
+PyDoc_STRVAR(flat_doc,
+"flat(messages)\n--\n\n"
+"The rows() of the messages as one list of their values, row after row (12 a row);\n"
+"None when a record is left to the Python path or a pair repeats within them (rows()\n"
+"then takes the poll).");
+
+static PyObject *
+Context_flat(Context *self, PyObject *messages)
+{
+    PyObject *sequence = poll_of(self, messages, "flat");
+    if (sequence == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
+    if (reset_seen(self, n) || (self->flat = PyList_New(ROW_WIDTH * n)) == NULL) {
+        Py_DECREF(sequence);
+        return NULL;
+    }
+    self->flat_len = 0;
+    PyObject **items = PySequence_Fast_ITEMS(sequence);
+    PyObject *outcome = Py_True;
+    for (Py_ssize_t i = 0; i < n && outcome == Py_True; i++) {
+        outcome = row_of(self, items[i], AS_FLAT);
+        if (outcome == NULL)
+            break;
+        Py_DECREF(outcome); /* a new reference to True or None */
+    }
+    Py_DECREF(sequence);
+    PyObject *flat = self->flat; /* its unfilled slots are NULL until it is complete */
+    self->flat = NULL;
+    if (outcome == Py_True && n > 0)
+        return flat;
+    Py_DECREF(flat);
+    if (outcome == NULL)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Context_methods[] = {
     {"start", (PyCFunction)(void (*)(void))Context_start, METH_VARARGS | METH_KEYWORDS, start_doc},
     {"rows", (PyCFunction)Context_rows, METH_O, rows_doc},
     {"copy", (PyCFunction)Context_copy, METH_O, copy_doc},
+    {"flat", (PyCFunction)Context_flat, METH_O, flat_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -225,15 +225,17 @@ def _driver_error_base(exc: Exception) -> type[Exception]:
     return psycopg.Error if isinstance(exc, psycopg.Error) else sqlite3.Error
 
 
-def _insert_sqlite(connection: Connection, batch: Sequence[PendingRow]) -> int:
+def _insert_sqlite(connection: Connection, values: list[object]) -> int:
+    """Rows given as their values, row after row (``len(_NEW_COLUMNS)`` a row)."""
     driver = connection.connection.driver_connection
     assert driver is not None
     accepted = 0
-    for start in range(0, len(batch), _SQLITE_ROWS_PER_STATEMENT):
-        chunk = batch[start : start + _SQLITE_ROWS_PER_STATEMENT]
-        params = [value for row in chunk for value in row]
+    step = _SQLITE_ROWS_PER_STATEMENT * len(_NEW_COLUMNS)
+    for start in range(0, len(values), step):
+        params = values[start : start + step]
         # sqlite3 counts the rows really inserted (a conflict counts 0).
-        accepted += driver.execute(_insert_sqlite_sql(len(chunk)), params).rowcount
+        sql = _insert_sqlite_sql(len(params) // len(_NEW_COLUMNS))
+        accepted += driver.execute(sql, params).rowcount
     return accepted
 
 
@@ -441,14 +443,29 @@ class Store:
         if not batch:
             return 0
 
-        def insert(connection: Connection) -> int:
-            if self._dialect == "postgresql":
-                return _insert_postgresql(connection, batch)
-            return _insert_sqlite(connection, batch)
+        if self._dialect == "sqlite":
+            return self.add_pending_flat([value for row in batch for value in row], sync=sync)
+        return self._insert_pending(
+            lambda connection: _insert_postgresql(connection, batch), unsynced=False
+        )
 
-        accepted = self._insert_pending(insert, unsynced=not sync and self.syncs_apart)
+    def add_pending_flat(self, values: list[object], *, sync: bool = True) -> int:
+        """``add_pending_rows`` on SQLite for rows given as their values alone, row after
+        row (``PollRows.flat``: no pair twice); returns the rows inserted. The consumer
+        sends a clean poll this way: no row tuples built, none taken apart again for
+        the statement's parameters. PostgreSQL takes rows or COPY data: ValueError.
+        """
+        if self._dialect != "sqlite":
+            raise ValueError("flat row values are for a SQLite store")
+        if not values:
+            return 0
+        accepted = self._insert_pending(
+            lambda connection: _insert_sqlite(connection, values),
+            unsynced=not sync and self.syncs_apart,
+        )
         if self._checkpoints is not None:
-            self._checkpoints.committed(sum(len(row[2]) for row in batch))
+            width = len(_NEW_COLUMNS)
+            self._checkpoints.committed(sum(map(len, cast("list[str]", values[2::width]))))
         return accepted
 
     def add_pending_copy(self, copy_data: bytes) -> int:

@@ -276,15 +276,13 @@ def test_the_partial_indexes_serve_the_batch_and_report_queries(database_url: st
     engine.dispose()
 
 
-def _compiled_poll(count: int) -> tuple[list[repository.PendingRow], bytes]:
-    """A poll's rows and binary COPY data from the compiled path, as the consumer
-    makes them for PostgreSQL: own event times and Kafka ones, keys and none, texts
+def _poll_messages(count: int) -> list[Any]:
+    """A poll of clean records: own event times and Kafka ones, keys and none, texts
     beyond ASCII."""
     from confluent_kafka import Message
-    from invoice_batch.consumer.rows import PollRows
 
     codec = InvoiceCodec("avro", max_text_bytes=32_768)
-    messages = [
+    return [
         Message(
             topic="invoices",
             partition=i % 3,
@@ -306,15 +304,28 @@ def _compiled_poll(count: int) -> tuple[list[repository.PendingRow], bytes]:
         )
         for i in range(count)
     ]
-    engine = make_engine("postgresql+psycopg://nobody@127.0.0.1:9/none")  # no connection made
+
+
+def _poll_rows(store: Store, *, pg_copy: bool) -> Any:
+    from invoice_batch.consumer.rows import PollRows
+
     poll_rows = PollRows(
-        codec,
-        Store(engine).datetime_to_db,
+        InvoiceCodec("avro", max_text_bytes=32_768),
+        store.datetime_to_db,
         model="claude-sonnet-4-5",
         max_tokens=1024,
-        pg_copy=True,
+        pg_copy=pg_copy,
     )
     poll_rows.start(datetime(2026, 3, 1, 23, 0, 0, 123456, tzinfo=UTC))
+    return poll_rows
+
+
+def _compiled_poll(count: int) -> tuple[list[repository.PendingRow], bytes]:
+    """A poll's rows and binary COPY data from the compiled path, as the consumer
+    makes them for PostgreSQL."""
+    messages = _poll_messages(count)
+    engine = make_engine("postgresql+psycopg://nobody@127.0.0.1:9/none")  # no connection made
+    poll_rows = _poll_rows(Store(engine), pg_copy=True)
     compiled = poll_rows.compiled(messages)
     copy_data = poll_rows.copy(messages)
     assert compiled is not None and copy_data is not None and None not in compiled
@@ -381,6 +392,42 @@ def test_a_sqlite_store_refuses_copy_data(tmp_path: Path) -> None:
     _, copy_data = _compiled_poll(5)
     with pytest.raises(ValueError, match="PostgreSQL"):
         Store(engine).add_pending_copy(copy_data)
+    engine.dispose()
+
+
+def test_sqlite_takes_the_compiled_paths_flat_values_as_the_rows(tmp_path: Path) -> None:
+    """The flat values the compiled path gives SQLite store exactly what its rows
+    store; pairs stored already are skipped and the rest go in, in the poll's order."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    upgrade_schema(engine)
+    store = Store(engine)
+    messages = _poll_messages(300)
+    poll_rows = _poll_rows(store, pg_copy=False)
+    rows, flat = poll_rows.compiled(messages), poll_rows.flat(messages)
+    assert rows is not None and None not in rows and flat is not None
+    assert poll_rows.flat([*messages, messages[3]]) is None  # a pair twice: the rows take it
+    assert store.add_pending_rows(rows) == 300  # type: ignore[arg-type]
+    by_rows = _stored(store)
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM invoices"))
+    assert store.add_pending_flat(flat) == 300
+    assert _stored(store) == by_rows
+    assert store.add_pending_flat(flat) == 0  # read again: every pair stored
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM invoices WHERE source_offset % 3 <> 0"))
+    assert store.add_pending_flat(flat, sync=False) == 200
+    store.sync()
+    stored = _stored(store)
+    assert sorted(stored, key=_source_offset) == by_rows
+    offsets = [_source_offset(row) for row in by_rows]
+    assert [_source_offset(row) for row in stored[100:]] == [o for o in offsets if o % 3]
+    engine.dispose()
+
+
+def test_postgresql_refuses_flat_values(postgres_url: str) -> None:
+    engine = make_engine(postgres_url)
+    with pytest.raises(ValueError, match="SQLite"):
+        Store(engine).add_pending_flat(["INV-1"])
     engine.dispose()
 
 

@@ -283,6 +283,32 @@ def test_copy_data_holds_the_compiled_rows(
     assert _copy_columns(copy_data) == [list(column) for column in zip(*rows, strict=True)]
 
 
+@given(
+    records=st.lists(
+        st.one_of(kept_records, kept_records, kept_records, odd_records), min_size=1, max_size=6
+    ),
+    kafka_ms=kafka_times,
+    repeat=st.booleans(),
+)
+def test_flat_values_are_the_compiled_rows_values(
+    records: list[dict[str, object]], kafka_ms: int, repeat: bool
+) -> None:
+    """SQLite's flat values are the rows of the same records, row after row, or there
+    are none, when a record is left to the Python path or a pair repeats."""
+    values = [_avro(record) for record in records]
+    if repeat:
+        values.append(values[0])
+    messages = [_message(value, kafka_ms, offset=i) for i, value in enumerate(values)]
+    poll_rows = _poll_rows("sqlite")
+    rows = poll_rows.compiled(messages)
+    flat = poll_rows.flat(messages)
+    assert rows is not None
+    if None in rows or len({(row[0], row[1]) for row in rows if row}) < len(rows):
+        assert flat is None
+        return
+    assert flat == [value for row in rows for value in row if row is not None]
+
+
 def test_a_poll_is_started_before_its_rows_or_copy_data() -> None:
     poll_rows = PollRows(
         InvoiceCodec("avro", max_text_bytes=MAX_TEXT),
@@ -295,6 +321,14 @@ def test_a_poll_is_started_before_its_rows_or_copy_data() -> None:
         poll_rows.compiled([_message(_event())])
     with pytest.raises(RuntimeError, match=r"copy\(\) before start\(\)"):
         poll_rows.copy([_message(_event())])
+    sqlite_rows = PollRows(
+        InvoiceCodec("avro", max_text_bytes=MAX_TEXT),
+        STORES["sqlite"].datetime_to_db,
+        model="claude-sonnet-4-5",
+        max_tokens=1024,
+    )
+    with pytest.raises(RuntimeError, match=r"flat\(\) before start\(\)"):
+        sqlite_rows.flat([_message(_event())])
 
 
 def test_the_bench_and_demo_invoices_take_the_compiled_path() -> None:
@@ -382,6 +416,15 @@ def test_a_consumers_polls_share_buffers_not_rows() -> None:
     assert shared.copy([*second[:2], _message(_event(invoice_id="B-0"), offset=13)]) is None
     assert shared.copy([]) is None
     assert _poll_rows("sqlite").copy(first) is None  # SQLite takes rows
+    assert shared.flat(first) is None  # and PostgreSQL COPY data
+    sqlite, fresh_sqlite = _poll_rows("sqlite"), _poll_rows("sqlite")
+    assert sqlite.flat(first) is not None
+    sqlite.start(later)
+    fresh_sqlite.start(later)
+    assert sqlite.flat(second) is None
+    assert sqlite.flat(second[:2]) == fresh_sqlite.flat(second[:2]) is not None
+    assert sqlite.flat([*second[:2], _message(_event(invoice_id="B-0"), offset=13)]) is None
+    assert sqlite.flat([]) is None
 
 
 clean_records = st.fixed_dictionaries(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import invoice_batch.consumer.service as service_module
 import pytest
@@ -64,9 +64,18 @@ class FailingStore(Store):
         self._maybe_fail(_copy_columns(copy_data)[8])
         return super().add_pending_copy(copy_data)
 
+    def add_pending_flat(self, values: list[object], *, sync: bool = True) -> int:
+        self._maybe_fail(_flat_offsets(values))
+        return super().add_pending_flat(values, sync=sync)
+
     def _maybe_fail(self, offsets: Iterable[int | None]) -> None:
         if self.fail or any(offset in self.fail_offsets for offset in offsets):
             raise OperationalError("INSERT", {}, Exception("the store is down"))
+
+
+def _flat_offsets(values: list[object]) -> list[int]:
+    """The source offsets of rows given as flat values (Store.add_pending_flat)."""
+    return cast("list[int]", values[8::12])  # a PendingRow's 12 values, its offset 9th
 
 
 def _messages(start: int, count: int, partition: int = 0) -> list[Message]:
@@ -317,15 +326,15 @@ def test_a_record_polled_while_the_store_is_down_is_put_back(
     )
     service.consumer = consumer  # type: ignore[assignment]
     store.fail_offsets = frozenset({0})
-    original = store.add_pending_rows
+    original = store.add_pending_flat
 
-    def fails_once(rows: Sequence[PendingRow], *, sync: bool = True) -> int:
+    def fails_once(values: list[object], *, sync: bool = True) -> int:
         try:
-            return original(rows, sync=sync)
+            return original(values, sync=sync)
         finally:
             store.fail_offsets = frozenset()
 
-    store.add_pending_rows = fails_once  # type: ignore[method-assign]
+    store.add_pending_flat = fails_once  # type: ignore[method-assign]
     service.run(stop)
     assert [call for call in consumer.calls if call[0] in ("pause", "seek", "resume")] == [
         ("pause", 2),
@@ -348,14 +357,14 @@ def test_a_writer_error_of_any_kind_stores_no_later_offsets(
     stop = threading.Event()
     running = _RunningConsumer([_messages(0, 30), _messages(30, 20), _messages(50, 10)], [], stop)
     service.consumer = running  # type: ignore[assignment]
-    original = store.add_pending_rows
+    original = store.add_pending_flat
 
-    def breaks_on_the_first(rows: Sequence[PendingRow], *, sync: bool = True) -> int:
-        if any(row[8] == 0 for row in rows):
+    def breaks_on_the_first(values: list[object], *, sync: bool = True) -> int:
+        if 0 in _flat_offsets(values):
             raise RuntimeError("not a database error")
-        return original(rows, sync=sync)
+        return original(values, sync=sync)
 
-    store.add_pending_rows = breaks_on_the_first  # type: ignore[method-assign]
+    store.add_pending_flat = breaks_on_the_first  # type: ignore[method-assign]
     service.run(stop)
     assert _offsets_stored(running.calls) == {}
     assert [call for call in running.calls if call[0] in ("pause", "seek")] == [
