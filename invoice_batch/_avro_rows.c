@@ -631,8 +631,8 @@ put_pieces(char *o, const Piece *pieces, size_t count)
     return o;
 }
 
-/* SHA-256 of the pieces' text, as hashlib.sha256 (the same OpenSSL) gives it; -1 with
- * an exception if OpenSSL fails. */
+/* SHA-256 of the pieces' text, as hashlib.sha256 (the same OpenSSL) gives it; -1 if
+ * OpenSSL fails. It runs without the interpreter lock: the caller raises. */
 static int
 hash_pieces(Context *ctx, const Piece *pieces, size_t count, unsigned char *digest)
 {
@@ -640,10 +640,7 @@ hash_pieces(Context *ctx, const Piece *pieces, size_t count, unsigned char *dige
     int ok = EVP_DigestInit_ex(ctx->hashing, ctx->sha256, NULL);
     for (size_t k = 0; ok && k < count; k++)
         ok = EVP_DigestUpdate(ctx->hashing, pieces[k].p, (size_t)pieces[k].n);
-    if (ok && EVP_DigestFinal_ex(ctx->hashing, digest, &size) && size == DIGEST_BYTES)
-        return 0;
-    PyErr_SetString(PyExc_RuntimeError, "OpenSSL could not hash the canonical text");
-    return -1;
+    return ok && EVP_DigestFinal_ex(ctx->hashing, digest, &size) && size == DIGEST_BYTES ? 0 : -1;
 }
 
 /* The digest as hexdigest() writes it: 64 lower-case hex digits. */
@@ -1310,8 +1307,9 @@ PyDoc_STRVAR(Context_doc,
 "Rows(*, max_text_bytes, fixed_size, time_forms, currencies)\n--\n\n"
 "A consumer's settings for rows(): the text cap, the request bytes besides the\n"
 "prompt, the function that gives an event time's (JSON isoformat, store form) from\n"
-"its milliseconds and the ISO 4217 codes; the same for copy().\n"
-"Call start() at every poll; the buffers are kept from one poll to the next.");
+"its milliseconds and the ISO 4217 codes; the same for copy() and flat().\n"
+"Call start() at every poll; the buffers are kept from one poll to the next. One\n"
+"thread at a time: each record is read with the interpreter lock released.");
 
 static PyTypeObject ContextType = {
     PyVarObject_HEAD_INIT(NULL, 0)

@@ -375,15 +375,20 @@ def test_postgresql_takes_the_compiled_paths_copy_data_as_the_rows(postgres_url:
     assert by_rows[0][7] is None  # neither
     # Read again (every pair stored already): the COPY fails, nothing is added.
     assert store.add_pending_copy(copy_data) == 0
-    # A third of the pairs stored: the rest go in, in the poll's order.
-    with engine.begin() as connection:
+    _assert_the_rest_go_in(store, lambda: store.add_pending_copy(copy_data), by_rows)
+    engine.dispose()
+
+
+def _assert_the_rest_go_in(store: Store, add: Callable[[], int], by_rows: list[Any]) -> None:
+    """With a third of the pairs of the 300-row poll stored, ``add`` stores the other
+    200, in the poll's order."""
+    with store.engine.begin() as connection:
         connection.execute(text("DELETE FROM invoices WHERE source_offset % 3 <> 0"))
-    assert store.add_pending_copy(copy_data) == 200
+    assert add() == 200
     stored = _stored(store)
     assert sorted(stored, key=_source_offset) == by_rows
     offsets = [_source_offset(row) for row in by_rows]
     assert [_source_offset(row) for row in stored[100:]] == [o for o in offsets if o % 3]
-    engine.dispose()
 
 
 def test_a_sqlite_store_refuses_copy_data(tmp_path: Path) -> None:
@@ -413,14 +418,13 @@ def test_sqlite_takes_the_compiled_paths_flat_values_as_the_rows(tmp_path: Path)
     assert store.add_pending_flat(flat) == 300
     assert _stored(store) == by_rows
     assert store.add_pending_flat(flat) == 0  # read again: every pair stored
-    with engine.begin() as connection:
-        connection.execute(text("DELETE FROM invoices WHERE source_offset % 3 <> 0"))
-    assert store.add_pending_flat(flat, sync=False) == 200
-    store.sync()
-    stored = _stored(store)
-    assert sorted(stored, key=_source_offset) == by_rows
-    offsets = [_source_offset(row) for row in by_rows]
-    assert [_source_offset(row) for row in stored[100:]] == [o for o in offsets if o % 3]
+
+    def add_then_sync() -> int:
+        accepted = store.add_pending_flat(flat, sync=False)
+        store.sync()
+        return accepted
+
+    _assert_the_rest_go_in(store, add_then_sync, by_rows)
     engine.dispose()
 
 

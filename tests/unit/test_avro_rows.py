@@ -256,57 +256,35 @@ def test_every_clean_invoice_takes_the_compiled_path(record: dict[str, object], 
 
 
 @given(
-    # Mostly clean records: a poll gets its data only when every record is clean.
+    # Mostly clean records: a poll is taken whole only when every record is clean.
     records=st.lists(
         st.one_of(kept_records, kept_records, kept_records, odd_records), min_size=1, max_size=6
     ),
     kafka_ms=kafka_times,
     repeat=st.booleans(),
+    store=st.sampled_from(sorted(STORES)),
 )
-def test_copy_data_holds_the_compiled_rows(
-    records: list[dict[str, object]], kafka_ms: int, repeat: bool
+def test_a_poll_taken_whole_holds_the_compiled_rows(
+    records: list[dict[str, object]], kafka_ms: int, repeat: bool, store: str
 ) -> None:
-    """PostgreSQL's COPY data reads back as the rows of the same records, or there is
-    none, when a record is left to the Python path or a pair repeats."""
+    """A poll taken whole (PostgreSQL's COPY data, SQLite's flat values) holds the rows
+    of the same records, or there is none, when a record is left to the Python path
+    or a pair repeats."""
     values = [_avro(record) for record in records]
     if repeat:
         values.append(values[0])
     messages = [_message(value, kafka_ms, offset=i) for i, value in enumerate(values)]
-    poll_rows = _poll_rows("postgresql")
+    poll_rows = _poll_rows(store)
     rows = poll_rows.compiled(messages)
-    copy_data = poll_rows.copy(messages)
+    whole = poll_rows.copy(messages) if store == "postgresql" else poll_rows.flat(messages)
     assert rows is not None
     if None in rows or len({(row[0], row[1]) for row in rows if row}) < len(rows):
-        assert copy_data is None
+        assert whole is None
         return
-    assert copy_data is not None
-    assert _copy_columns(copy_data) == [list(column) for column in zip(*rows, strict=True)]
-
-
-@given(
-    records=st.lists(
-        st.one_of(kept_records, kept_records, kept_records, odd_records), min_size=1, max_size=6
-    ),
-    kafka_ms=kafka_times,
-    repeat=st.booleans(),
-)
-def test_flat_values_are_the_compiled_rows_values(
-    records: list[dict[str, object]], kafka_ms: int, repeat: bool
-) -> None:
-    """SQLite's flat values are the rows of the same records, row after row, or there
-    are none, when a record is left to the Python path or a pair repeats."""
-    values = [_avro(record) for record in records]
-    if repeat:
-        values.append(values[0])
-    messages = [_message(value, kafka_ms, offset=i) for i, value in enumerate(values)]
-    poll_rows = _poll_rows("sqlite")
-    rows = poll_rows.compiled(messages)
-    flat = poll_rows.flat(messages)
-    assert rows is not None
-    if None in rows or len({(row[0], row[1]) for row in rows if row}) < len(rows):
-        assert flat is None
-        return
-    assert flat == [value for row in rows for value in row if row is not None]
+    if isinstance(whole, bytes):
+        assert _copy_columns(whole) == [list(column) for column in zip(*rows, strict=True)]
+    else:
+        assert whole == [value for row in rows if row is not None for value in row]
 
 
 def test_a_poll_is_started_before_its_rows_or_copy_data() -> None:
