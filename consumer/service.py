@@ -266,7 +266,7 @@ class ConsumerService:
             log.warning(
                 "invoice_batch._avro_rows is not built (no C compiler or OpenSSL headers at "
                 "install): "
-                "every record is decoded in Python, which takes about four times as long"
+                "every record is decoded in Python, which takes about five times as long"
             )
         try:
             while not stop.is_set():
