@@ -265,8 +265,8 @@ class ConsumerService:
         if not COMPILED and self.codec.reads_raw_directly:
             log.warning(
                 "invoice_batch._avro_rows is not built (no C compiler or OpenSSL headers at "
-                "install): "
-                "every record is decoded in Python, which takes about five times as long"
+                "install): every record is decoded in Python, which takes about five times "
+                "as long"
             )
         try:
             while not stop.is_set():
