@@ -662,8 +662,8 @@ static const char COPY_SIGNATURE[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
 #define COPY_FIELDS 14
 #define PG_EPOCH_MICROS INT64_C(946684800000000) /* 2000-01-01 in Unix microseconds */
 
-/* The COPY data is written straight into the bytes object copy() returns, made as
- * large as the last poll's with a quarter to spare, and grown like reserve()'s
+/* The COPY data is written straight into the bytes object copy() returns (copy()
+ * makes it as large as the last poll's with a quarter to spare), grown like reserve()'s
  * buffers when that is short: no copy of a poll's megabytes at the end. */
 static int
 copy_reserve(Context *ctx, Py_ssize_t more)
@@ -671,9 +671,7 @@ copy_reserve(Context *ctx, Py_ssize_t more)
     Py_ssize_t needed = ctx->copy_len + more;
     if (needed <= ctx->copy_capacity)
         return 0;
-    Py_ssize_t grown = ctx->copy == NULL && ctx->copy_last + ctx->copy_last / 4 >= needed
-                           ? ctx->copy_last + ctx->copy_last / 4
-                           : needed * 2 + 65536;
+    Py_ssize_t grown = ctx->copy == NULL ? needed : needed * 2 + 65536;
     if (ctx->copy == NULL)
         ctx->copy = PyBytes_FromStringAndSize(NULL, grown);
     else if (_PyBytes_Resize(&ctx->copy, grown) < 0)
@@ -885,19 +883,18 @@ parse_record(Context *ctx, const unsigned char *v, Py_ssize_t len, Record *r)
     }
 
     /* Escape each text once into the scratch buffer. */
-    char *b = ctx->buffer;
-    r->id_json = b;
-    r->id_len = escape(&r->id, b);
-    r->supplier_json = r->id_json + r->id_len;
-    r->supplier_len = escape(&r->supplier, b + r->id_len);
-    r->description_json = r->supplier_json + r->supplier_len;
-    r->description_len = escape(&r->description, (char *)r->description_json);
-    char *text_json = (char *)r->description_json + r->description_len;
-    r->text_json = text_json;
+    char *o = ctx->buffer;
+    r->id_json = o;
+    o += r->id_len = escape(&r->id, o);
+    r->supplier_json = o;
+    o += r->supplier_len = escape(&r->supplier, o);
+    r->description_json = o;
+    o += r->description_len = escape(&r->description, o);
+    r->text_json = o;
     if (r->has_text)
-        r->text_len = escape(&r->raw_text, text_json);
+        r->text_len = escape(&r->raw_text, o);
     else {
-        memcpy(text_json, "null", 4);
+        memcpy(o, "null", 4);
         r->text_len = 4;
     }
     r->amount_len = r->currency_len = r->date_len = 4;
@@ -1211,38 +1208,45 @@ reset_seen(Context *self, Py_ssize_t n)
     return 0;
 }
 
+/* copy() and flat(): each record of a poll in form, until one is not taken. Py_True
+ * (borrowed) when every record was, Py_None when one was not or there are none, NULL
+ * on failure. */
+static PyObject *
+take_whole(Context *self, PyObject *sequence, Form form)
+{
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
+    if (reset_seen(self, n))
+        return NULL;
+    PyObject **items = PySequence_Fast_ITEMS(sequence);
+    PyObject *outcome = n > 0 ? Py_True : Py_None;
+    for (Py_ssize_t i = 0; i < n && outcome == Py_True; i++) {
+        outcome = row_of(self, items[i], form);
+        if (outcome == NULL)
+            return NULL;
+        Py_DECREF(outcome); /* a new reference to True or None */
+    }
+    return outcome;
+}
+
 static PyObject *
 Context_copy(Context *self, PyObject *messages)
 {
     PyObject *sequence = poll_of(self, messages, "copy");
     if (sequence == NULL)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
-    if (reset_seen(self, n)) {
-        Py_DECREF(sequence);
-        return NULL;
-    }
     Py_CLEAR(self->copy); /* a poll given up on (None) or failed left its bytes */
     self->copy_len = self->copy_capacity = 0;
-    if (copy_reserve(self, sizeof COPY_SIGNATURE + 2)) {
+    Py_ssize_t expected = self->copy_last + self->copy_last / 4;
+    if (copy_reserve(self, Py_MAX(expected, (Py_ssize_t)sizeof COPY_SIGNATURE + 2))) {
         Py_DECREF(sequence);
         return NULL;
     }
     memcpy(copy_data(self), COPY_SIGNATURE, sizeof COPY_SIGNATURE);
     self->copy_len = sizeof COPY_SIGNATURE;
-    PyObject **items = PySequence_Fast_ITEMS(sequence);
-    PyObject *outcome = Py_True;
-    for (Py_ssize_t i = 0; i < n && outcome == Py_True; i++) {
-        outcome = row_of(self, items[i], AS_COPY);
-        if (outcome == NULL) {
-            Py_DECREF(sequence);
-            return NULL;
-        }
-        Py_DECREF(outcome); /* a new reference to True or None */
-    }
+    PyObject *outcome = take_whole(self, sequence, AS_COPY);
     Py_DECREF(sequence);
-    if (outcome != Py_True || n == 0)
-        Py_RETURN_NONE;
+    if (outcome != Py_True)
+        return outcome == NULL ? NULL : Py_NewRef(Py_None);
     if (copy_reserve(self, 2))
         return NULL;
     copy_data(self)[self->copy_len++] = (char)0xFF;
@@ -1270,24 +1274,17 @@ Context_flat(Context *self, PyObject *messages)
     PyObject *sequence = poll_of(self, messages, "flat");
     if (sequence == NULL)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence);
-    if (reset_seen(self, n) || (self->flat = PyList_New(ROW_WIDTH * n)) == NULL) {
+    self->flat = PyList_New(ROW_WIDTH * PySequence_Fast_GET_SIZE(sequence));
+    if (self->flat == NULL) {
         Py_DECREF(sequence);
         return NULL;
     }
     self->flat_len = 0;
-    PyObject **items = PySequence_Fast_ITEMS(sequence);
-    PyObject *outcome = Py_True;
-    for (Py_ssize_t i = 0; i < n && outcome == Py_True; i++) {
-        outcome = row_of(self, items[i], AS_FLAT);
-        if (outcome == NULL)
-            break;
-        Py_DECREF(outcome); /* a new reference to True or None */
-    }
+    PyObject *outcome = take_whole(self, sequence, AS_FLAT);
     Py_DECREF(sequence);
     PyObject *flat = self->flat; /* its unfilled slots are NULL until it is complete */
     self->flat = NULL;
-    if (outcome == Py_True && n > 0)
+    if (outcome == Py_True)
         return flat;
     Py_DECREF(flat);
     if (outcome == NULL)
